@@ -1,0 +1,140 @@
+"""Waveform reading and the per-clip transforms of the WavJEPA recipe.
+
+Every array here is float32 shaped [channels, samples], the layout the model's channel axis uses,
+so mono and binaural audio go through the same code. These functions are shared by the training
+pipeline, `prepare` and the embedding export, so a clip is treated the same way everywhere.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+from typing import BinaryIO
+
+import numpy as np
+import soundfile
+import soxr
+
+# Formats libsndfile decodes here: WAV/WAVEX/RF64/W64, FLAC, Ogg Vorbis and Opus, MP3, AIFF, AU, CAF.
+AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg", ".opus", ".mp3", ".aif", ".aiff", ".au", ".caf",
+                    ".w64", ".rf64")
+SILENCE_RMS = 1e-5         # About -100 dBFS: below this a clip carries nothing to learn from.
+STANDARDISE_EPS = 1e-7     # As wav2vec 2.0's zero-mean unit-variance feature extractor.
+
+
+class BadAudio(ValueError):
+    """A clip that cannot be trained on: empty, non-finite, silent or of the wrong channel count."""
+
+
+def load_audio(path_or_file: str | BinaryIO) -> tuple[np.ndarray, int]:
+    """The whole file as float32 [channels, samples] and its sample rate."""
+    audio, rate = soundfile.read(path_or_file, dtype="float32", always_2d=True)
+    return np.ascontiguousarray(audio.T), rate
+
+
+def read_window(path_or_file: str | BinaryIO, seconds: float,
+                rng: np.random.Generator) -> tuple[np.ndarray, int]:
+    """A random `seconds`-long window of a file (all of it when shorter), as [channels, samples].
+
+    Seeking keeps the cost of long recordings proportional to the window, not the file.
+    """
+    with soundfile.SoundFile(path_or_file) as sound:
+        window = math.ceil(seconds * sound.samplerate)
+        if sound.frames > window:
+            sound.seek(int(rng.integers(0, sound.frames - window + 1)))
+        audio = sound.read(window, dtype="float32", always_2d=True)
+        return np.ascontiguousarray(audio.T), sound.samplerate
+
+
+def random_window(audio: np.ndarray, num_samples: int, rng: np.random.Generator) -> np.ndarray:
+    """A random `num_samples`-long window of an in-memory [channels, samples] clip."""
+    if audio.shape[1] <= num_samples:
+        return audio
+    start = int(rng.integers(0, audio.shape[1] - num_samples + 1))
+    return audio[:, start:start + num_samples]
+
+
+def pcm_to_float(samples: np.ndarray) -> np.ndarray:
+    """Integer PCM to float32 in [-1, 1): int32 as 32-bit, other integers as 16-bit PCM (TFDS's
+    default int64 Audio feature holds 16-bit values). Float input is only cast."""
+    if samples.dtype == np.int32:
+        return (samples / 2.0**31).astype(np.float32)
+    if np.issubdtype(samples.dtype, np.integer):
+        return (samples / 2.0**15).astype(np.float32)
+    return samples.astype(np.float32)
+
+
+def decode_bytes(encoded: bytes, seconds: float, rng: np.random.Generator) -> tuple[np.ndarray, int]:
+    """`read_window` for an encoded file held in memory (ArrayRecord, TFDS lazy audio)."""
+    return read_window(io.BytesIO(encoded), seconds, rng)
+
+
+def check_audio(audio: np.ndarray) -> np.ndarray:
+    """Return `audio` if it can be trained on, else raise BadAudio saying why."""
+    if audio.ndim != 2 or audio.shape[1] == 0:
+        raise BadAudio(f"empty audio of shape {audio.shape}")
+    if not np.all(np.isfinite(audio)):
+        raise BadAudio("audio contains NaN or infinite samples")
+    if rms(audio) < SILENCE_RMS:
+        raise BadAudio(f"audio is silent (RMS {rms(audio):.2e})")
+    return audio
+
+
+def rms(audio: np.ndarray) -> float:
+    """Root mean square over all channels and samples."""
+    return float(np.sqrt(np.mean(np.square(audio, dtype=np.float64))))
+
+
+def to_mono(audio: np.ndarray) -> np.ndarray:
+    """Average the channels: [channels, samples] -> [1, samples]."""
+    return audio.mean(axis=0, keepdims=True, dtype=np.float32)
+
+
+def to_channels(audio: np.ndarray, channels: int) -> np.ndarray:
+    """Exactly `channels` channels: mono is duplicated, any other mismatch is a BadAudio."""
+    if audio.shape[0] == channels:
+        return audio
+    if audio.shape[0] == 1:
+        return np.repeat(audio, channels, axis=0)
+    raise BadAudio(f"audio has {audio.shape[0]} channels, data.channels={channels}")
+
+
+def resample(audio: np.ndarray, from_rate: int, to_rate: int) -> np.ndarray:
+    """Band-limited resampling with soxr (high quality), per channel."""
+    if from_rate == to_rate:
+        return audio
+    resampled = soxr.resample(audio.T, from_rate, to_rate, quality="HQ")
+    return np.ascontiguousarray(resampled.T, dtype=np.float32)
+
+
+def rms_normalise(audio: np.ndarray, dbfs: float) -> np.ndarray:
+    """Scale so the RMS over all channels is `dbfs` dB relative to full scale (the release: -14)."""
+    gain = 10.0 ** (dbfs / 20.0) / max(rms(audio), SILENCE_RMS)
+    return (audio * gain).astype(np.float32)
+
+
+def fit_length(audio: np.ndarray, num_samples: int, short_clip: str) -> np.ndarray:
+    """Truncate to `num_samples`, or extend a short clip by looping it or by zero padding."""
+    length = audio.shape[1]
+    if length >= num_samples:
+        return audio[:, :num_samples]
+    if short_clip == "loop":
+        return np.tile(audio, (1, math.ceil(num_samples / length)))[:, :num_samples]
+    if short_clip == "pad":
+        return np.pad(audio, ((0, 0), (0, num_samples - length)))
+    raise ValueError(f"data.short_clip={short_clip!r} must be 'loop' or 'pad'")
+
+
+def random_crops(audio: np.ndarray, num_crops: int, crop_samples: int,
+                 rng: np.random.Generator) -> np.ndarray:
+    """`num_crops` independent random crops: [channels, samples] -> [num_crops, channels, crop]."""
+    starts = rng.integers(0, audio.shape[1] - crop_samples + 1, size=num_crops)
+    return np.stack([audio[:, start:start + crop_samples] for start in starts])
+
+
+def standardise(crop: np.ndarray) -> np.ndarray:
+    """Zero mean and unit variance over the whole crop (all channels, so level differences
+    between the ears survive); the eps keeps an all-zero crop at zero."""
+    centred = crop - crop.mean(dtype=np.float64)
+    return (centred / np.sqrt(np.mean(np.square(centred, dtype=np.float64)) + STANDARDISE_EPS)
+            ).astype(np.float32)

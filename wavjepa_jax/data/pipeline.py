@@ -1,0 +1,182 @@
+"""The training input pipeline: clip indices -> crops -> per-host batches, with Grain.
+
+    range(len(source)).seed(config.seed).shuffle().repeat()    global order, reshuffled each epoch
+      .random_map(ClipToCrops)                                 read, check, mono/channels, resample,
+                                                               RMS-normalise, loop/pad, crop, standardise
+      [process_index::process_count]                           this host's share
+      .to_iter_dataset()                                       threads read ahead
+      -> CountSkippedClips                                     drop bad clips, count them
+      .batch(clips).map(flatten_crops)                         [local_crops, (channels,) crop_samples]
+      .mp_prefetch(num_workers)                                worker processes
+
+Every random choice (shuffle order, file window, crop positions) comes from Grain's per-record
+generator, so the stream is a function of `config.seed`, the host's index and the step only, and
+the iterator's state (`get_state`/`set_state`) is enough to resume it exactly. Crops of one clip
+stay next to each other in the batch: the loss treats every crop as its own example and the masks
+are per crop, so their order does not matter, and keeping them together keeps the layout legible.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+
+import grain
+import ml_collections
+import numpy as np
+
+from wavjepa_jax.data import audio, sources
+
+READ_THREADS = 2       # Decode threads per worker: soundfile and soxr release the GIL.
+
+
+@dataclasses.dataclass(frozen=True)
+class SkippedClip:
+    """Stands in for a clip that could not be used, so the skip is counted rather than lost."""
+    description: str
+    reason: str
+
+
+@dataclasses.dataclass(frozen=True)
+class ClipToCrops:
+    """Grain random_map: clip index -> {"audio": [crops, (channels,) crop_samples]} or SkippedClip."""
+    source: sources.ClipSource
+    sample_rate: int
+    clip_seconds: float
+    rms_dbfs: float
+    short_clip: str
+    channels: int | None          # None: mix to mono.
+    crops_per_clip: int
+    crop_samples: int
+
+    def __call__(self, index: int, rng: np.random.Generator) -> dict | SkippedClip:
+        try:
+            clip, rate = self.source.read(index, rng, self.clip_seconds)
+            clip = audio.check_audio(clip)
+            clip = audio.to_mono(clip) if self.channels is None else audio.to_channels(
+                clip, self.channels)
+        except Exception as error:  # Any unreadable or unusable clip is skipped and counted.
+            return SkippedClip(self.source.describe(index), f"{type(error).__name__}: {error}")
+        clip = audio.resample(clip, rate, self.sample_rate)
+        clip = audio.rms_normalise(clip, self.rms_dbfs)
+        clip = audio.fit_length(clip, round(self.clip_seconds * self.sample_rate), self.short_clip)
+        crops = audio.random_crops(clip, self.crops_per_clip, self.crop_samples, rng)
+        crops = np.stack([audio.standardise(crop) for crop in crops])
+        return {"audio": crops[:, 0] if self.channels is None else crops}
+
+
+class CountSkippedClips(grain.IterDataset):
+    """Drops SkippedClips, adding their number to the next good clip as "skipped_files".
+
+    Stops with a RuntimeError after `max_consecutive` skips in a row, so a dataset that is all bad
+    fails loudly instead of spinning forever.
+    """
+
+    def __init__(self, parent: grain.IterDataset, max_consecutive: int):
+        super().__init__(parent)
+        self.max_consecutive = max_consecutive
+
+    def __iter__(self) -> grain.DatasetIterator:
+        return _CountSkippedClipsIterator(self._parent.__iter__(), self.max_consecutive)
+
+
+class _CountSkippedClipsIterator(grain.DatasetIterator):
+    """Between two `next` calls nothing is pending, so the parent's state is the whole state."""
+
+    def __init__(self, parent: grain.DatasetIterator, max_consecutive: int):
+        super().__init__(parent)
+        self.max_consecutive = max_consecutive
+
+    def __next__(self) -> dict:
+        skipped = 0
+        while isinstance(clip := next(self._parent), SkippedClip):
+            skipped += 1
+            logging.warning("Skipping %s: %s", clip.description, clip.reason)
+            if skipped >= self.max_consecutive:
+                raise RuntimeError(
+                    f"{skipped} clips in a row could not be used (data.max_consecutive_skips); "
+                    f"the last was {clip.description}: {clip.reason}")
+        return {**clip, "skipped_files": np.int64(skipped)}
+
+    def get_state(self):
+        return self._parent.get_state()
+
+    def set_state(self, state):
+        self._parent.set_state(state)
+
+
+def flatten_crops(batch: dict) -> dict:
+    """[clips, crops, ...] -> [clips * crops, ...]; the skip counts of the clips are summed."""
+    crops = batch["audio"]
+    return {"audio": crops.reshape((-1,) + crops.shape[2:]),
+            "skipped_files": batch["skipped_files"].sum(dtype=np.int64)}
+
+
+def local_crops(config: ml_collections.ConfigDict, process_count: int) -> int:
+    """Crops per batch on one host; ValueError naming the fields when they do not divide."""
+    if config.batch_size % process_count:
+        raise ValueError(f"batch_size={config.batch_size} is not divisible by the "
+                         f"process count {process_count}")
+    crops = config.batch_size // process_count
+    if crops % config.data.crops_per_clip:
+        raise ValueError(f"batch_size={config.batch_size} / {process_count} processes = {crops} "
+                         f"crops per host is not divisible by "
+                         f"data.crops_per_clip={config.data.crops_per_clip}")
+    return crops
+
+
+def check_data_config(data: ml_collections.ConfigDict) -> None:
+    """ValueError, naming the field, for `config.data` settings that cannot work."""
+    if data.short_clip not in ("loop", "pad"):
+        raise ValueError(f"data.short_clip={data.short_clip!r} must be 'loop' or 'pad'")
+    if round(data.clip_seconds * data.sample_rate) < data.crop_samples:
+        raise ValueError(f"data.clip_seconds={data.clip_seconds} at data.sample_rate="
+                         f"{data.sample_rate} is shorter than data.crop_samples={data.crop_samples}")
+    for field in ("crops_per_clip", "crop_samples", "sample_rate", "prefetch",
+                  "max_consecutive_skips") + (("channels",) if data.keep_channels else ()):
+        if data[field] < 1:
+            raise ValueError(f"data.{field}={data[field]} must be positive")
+    if data.num_workers < 0:
+        raise ValueError(f"data.num_workers={data.num_workers} must be >= 0")
+
+
+def clip_to_crops(data: ml_collections.ConfigDict, source: sources.ClipSource) -> ClipToCrops:
+    """The per-clip transform `config.data` describes."""
+    return ClipToCrops(source=source, sample_rate=data.sample_rate,
+                       clip_seconds=data.clip_seconds, rms_dbfs=data.rms_dbfs,
+                       short_clip=data.short_clip,
+                       channels=data.channels if data.keep_channels else None,
+                       crops_per_clip=data.crops_per_clip, crop_samples=data.crop_samples)
+
+
+def clip_dataset(config: ml_collections.ConfigDict, source: sources.ClipSource,
+                 process_index: int = 0, process_count: int = 1) -> grain.MapDataset:
+    """This host's endless stream of per-clip crops (or SkippedClips), as a MapDataset."""
+    clips = grain.MapDataset.range(len(source)).seed(config.seed)
+    if config.data.shuffle:
+        clips = clips.shuffle()
+    clips = clips.repeat().random_map(clip_to_crops(config.data, source))
+    return clips[process_index::process_count]
+
+
+def make_train_dataset(config: ml_collections.ConfigDict, process_index: int = 0,
+                       process_count: int = 1) -> grain.IterDataset:
+    """This host's batches: {"audio": float32 [local_crops, (channels,) crop_samples],
+    "skipped_files": int64 scalar}. See the module docstring for the stages."""
+    check_data_config(config.data)
+    clips_per_batch = local_crops(config, process_count) // config.data.crops_per_clip
+    clips = clip_dataset(config, sources.make_source(config.data), process_index, process_count)
+    batches = CountSkippedClips(
+        clips.to_iter_dataset(grain.ReadOptions(
+            num_threads=READ_THREADS,
+            prefetch_buffer_size=clips_per_batch * config.data.prefetch)),
+        config.data.max_consecutive_skips,
+    ).batch(clips_per_batch, drop_remainder=True).map(flatten_crops)
+    return batches.mp_prefetch(grain.MultiprocessingOptions(
+        num_workers=config.data.num_workers, per_worker_buffer_size=config.data.prefetch))
+
+
+def make_train_iterator(config: ml_collections.ConfigDict, process_index: int = 0,
+                        process_count: int = 1) -> grain.DatasetIterator:
+    """The iterator the trainer pulls from; checkpoint it with `grain.checkpoint.CheckpointSave`."""
+    return iter(make_train_dataset(config, process_index, process_count))
