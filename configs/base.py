@@ -1,0 +1,15 @@
+"""The released WavJEPA base recipe (SPEC.md): AudioSet, 256 crops/step, 375k steps, bf16.
+
+    python -m wavjepa_jax.train --config configs/base.py --workdir DIR \
+        --config.data.source=arrayrecord --config.data.path=/data/audioset_shards
+"""
+
+from wavjepa_jax import configuration
+
+
+def get_config(arg=None):
+    del arg
+    config = configuration.default_config()
+    config.model.dtype = "bfloat16"
+    config.data.num_workers = 8
+    return config

@@ -1,0 +1,171 @@
+"""Default configuration and model-size presets.
+
+Every config file under `configs/` starts from `default_config()` (the released base recipe) and
+changes what differs, so each leaf has exactly one documented default. `validate` checks the
+combinations that cannot work before anything is built.
+"""
+
+from __future__ import annotations
+
+import ml_collections
+
+SAMPLE_RATE = 16_000
+CROP_SAMPLES = 32_160  # 2.01 s at 16 kHz -> exactly 200 frames with the release's front end.
+
+RELEASE_CONV_LAYERS = ((512, 10, 5),) + ((512, 3, 2),) * 4 + ((512, 2, 2),)
+
+# Transformer sizes. `encoder_*` is the context (and EMA target) encoder, `predictor_*` the
+# narrow predictor. The `base` row is the released model.
+MODEL_PRESETS = {
+    "tiny": dict(
+        conv_layers=((32, 10, 5),) + ((32, 3, 2),) * 4 + ((32, 2, 2),),
+        encoder_width=64, encoder_depth=2, encoder_heads=4, encoder_mlp=128,
+        predictor_width=32, predictor_depth=2, predictor_heads=4, predictor_mlp=64,
+        top_k_layers=2,
+    ),
+    "small": dict(
+        conv_layers=((256, 10, 5),) + ((256, 3, 2),) * 4 + ((256, 2, 2),),
+        encoder_width=384, encoder_depth=6, encoder_heads=6, encoder_mlp=1536,
+        predictor_width=192, predictor_depth=4, predictor_heads=6, predictor_mlp=768,
+        top_k_layers=4,
+    ),
+    "base": dict(
+        conv_layers=RELEASE_CONV_LAYERS,
+        encoder_width=768, encoder_depth=12, encoder_heads=12, encoder_mlp=3072,
+        predictor_width=384, predictor_depth=12, predictor_heads=12, predictor_mlp=1536,
+        top_k_layers=8,
+    ),
+    "large": dict(
+        conv_layers=RELEASE_CONV_LAYERS,
+        encoder_width=1024, encoder_depth=24, encoder_heads=16, encoder_mlp=4096,
+        predictor_width=384, predictor_depth=12, predictor_heads=12, predictor_mlp=1536,
+        top_k_layers=8,
+    ),
+}
+
+
+def model_config(size: str = "base") -> ml_collections.ConfigDict:
+    """The model section for one of `MODEL_PRESETS`."""
+    if size not in MODEL_PRESETS:
+        raise ValueError(f"model.size={size!r} is not one of {sorted(MODEL_PRESETS)}")
+    preset = MODEL_PRESETS[size]
+    return ml_collections.ConfigDict(dict(
+        size=size,
+        conv_layers=[list(layer) for layer in preset["conv_layers"]],
+        conv_norm="group",          # "group": GroupNorm on the first conv (wav2vec 2.0 default);
+                                    # "layer": LayerNorm after every conv.
+        encoder_width=preset["encoder_width"],
+        encoder_depth=preset["encoder_depth"],
+        encoder_heads=preset["encoder_heads"],
+        encoder_mlp=preset["encoder_mlp"],
+        predictor_width=preset["predictor_width"],
+        predictor_depth=preset["predictor_depth"],
+        predictor_heads=preset["predictor_heads"],
+        predictor_mlp=preset["predictor_mlp"],
+        norm_first=False,           # The release's blocks are post-norm.
+        layer_norm_eps=1e-6,
+        top_k_layers=preset["top_k_layers"],
+        target_norm="example",      # "example": release (per layer, over time and channels);
+                                    # "channel": data2vec 2.0 (per channel, over time).
+        dtype="float32",            # Compute dtype; params always stay float32.
+        remat=False,                # Rematerialise each transformer block in the backward pass.
+        scan_layers=True,           # nn.scan over blocks: compile time independent of depth.
+    ))
+
+
+def mask_config() -> ml_collections.ConfigDict:
+    """Span masking in units of frames (the release's AudioSet masker)."""
+    return ml_collections.ConfigDict(dict(
+        mode="fixed",               # "fixed": exact counts (static shapes, no padding, default);
+                                    # "release": the release's distribution, padded to capacity.
+        num_target_groups=4,
+        context_mask_prob=0.65,
+        context_span=10,
+        target_prob=0.25,
+        target_span=10,
+        min_context_ratio=0.1,
+        context_size=36,            # "fixed" mode: context frames per example.
+        target_size=45,             # "fixed" mode: frames per target group.
+        context_capacity=96,        # "release" mode: padded context length (redraw above it).
+    ))
+
+
+def default_config() -> ml_collections.ConfigDict:
+    """The released base recipe (SPEC.md); other configs override leaves of this."""
+    config = ml_collections.ConfigDict()
+    config.seed = 0
+    config.total_steps = 375_000
+    config.batch_size = 256                # Global, in crops.
+    config.log_every = 100
+    config.model = model_config("base")
+    config.mask = mask_config()
+
+    config.optim = ml_collections.ConfigDict(dict(
+        lr=4e-4, warmup_steps=100_000, end_lr=0.0,
+        b1=0.9, b2=0.98, eps=1e-6, weight_decay=0.04, clip_norm=5.0,
+    ))
+    config.ema = ml_collections.ConfigDict(dict(start=0.999, end=0.99999, anneal_steps=100_000))
+
+    # Device mesh: ICI sizes per axis, -1 = the rest; DCN sizes for multi-slice / multi-node.
+    config.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1))
+    config.dcn_mesh = ml_collections.ConfigDict(dict(data=1, fsdp=1, tensor=1))
+
+    config.data = ml_collections.ConfigDict(dict(
+        source="procedural",       # procedural | folder | manifest | arrayrecord | tfds
+        path="",                   # folder, manifest file, shard directory or TFDS name
+        sample_rate=SAMPLE_RATE,
+        crop_samples=CROP_SAMPLES,
+        crops_per_clip=8,
+        clip_seconds=10.0,
+        rms_dbfs=-14.0,
+        short_clip="loop",         # loop | pad: clips shorter than clip_seconds
+        keep_channels=False,       # False: mix to mono
+        channels=2,                # keep_channels: channels per crop (mono is duplicated,
+                                   # other counts are skipped as bad clips)
+        max_consecutive_skips=100, # Bad clips in a row before the pipeline gives up
+        shuffle=True,
+        num_workers=0,             # Grain worker processes per host (0: in the main process)
+        prefetch=2,
+        tfds_split="train",
+        tfds_data_dir="",
+        tfds_audio_key="audio",
+        tfds_sample_rate=0,        # 0: read it from the dataset's feature
+    ))
+
+    config.checkpoint = ml_collections.ConfigDict(dict(
+        every=5_000, keep=3, async_save=True,
+    ))
+    config.max_bad_steps = 20      # Consecutive non-finite steps before the run stops.
+    config.debug_nan_steps = ""    # Test-only fault injection: "a-b" makes steps a..b's loss NaN.
+    return config
+
+
+def validate(config: ml_collections.ConfigDict) -> None:
+    """Raise ValueError, naming the field, for configurations that cannot work."""
+    from wavjepa_jax import frontend, masking  # Local import: configs load without jax.
+
+    num_frames = frontend.num_frames(config.data.crop_samples, config.model.conv_layers)
+    if num_frames < 1:
+        raise ValueError(f"data.crop_samples={config.data.crop_samples} is shorter than the "
+                         "front end's receptive field")
+    masking.validate_mask_config(config.mask, num_frames)
+    model = config.model
+    if model.top_k_layers < 1 or model.top_k_layers > model.encoder_depth:
+        raise ValueError(f"model.top_k_layers={model.top_k_layers} must be in "
+                         f"[1, model.encoder_depth={model.encoder_depth}]")
+    for prefix in ("encoder", "predictor"):
+        width, heads = model[f"{prefix}_width"], model[f"{prefix}_heads"]
+        if width % heads:
+            raise ValueError(f"model.{prefix}_width={width} is not divisible by "
+                             f"model.{prefix}_heads={heads}")
+    if model.target_norm not in ("example", "channel"):
+        raise ValueError(f"model.target_norm={model.target_norm!r} must be 'example' or 'channel'")
+    if model.conv_norm not in ("group", "layer"):
+        raise ValueError(f"model.conv_norm={model.conv_norm!r} must be 'group' or 'layer'")
+    if model.dtype not in ("float32", "bfloat16"):
+        raise ValueError(f"model.dtype={model.dtype!r} must be 'float32' or 'bfloat16'")
+    if config.batch_size < 1:
+        raise ValueError(f"batch_size={config.batch_size} must be positive")
+    if config.batch_size % config.data.crops_per_clip:
+        raise ValueError(f"batch_size={config.batch_size} is not divisible by "
+                         f"data.crops_per_clip={config.data.crops_per_clip}")

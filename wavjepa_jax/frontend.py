@@ -1,0 +1,105 @@
+"""Waveform front end: a strided Conv1d stack that turns raw audio into frame tokens.
+
+Shared by the context and target branches. With the release's stack (total stride 160, receptive
+field 240 samples) 16 kHz audio becomes 100 frames per second; 32,160 samples give 200 frames.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import flax.linen as nn
+import jax.numpy as jnp
+
+from wavjepa_jax.positions import sincos_embedding
+
+# PyTorch's kaiming_normal_ default (fan_in, gain sqrt(2)), not truncated.
+kaiming_normal = nn.initializers.variance_scaling(2.0, "fan_in", "normal")
+trunc_normal_02 = nn.initializers.truncated_normal(0.02)
+
+
+def num_frames(num_samples: int, conv_layers: Sequence[Sequence[int]]) -> int:
+    """Frames produced from `num_samples` by a 'valid' conv stack of (channels, kernel, stride)."""
+    length = num_samples
+    for _, kernel, stride in conv_layers:
+        length = (length - kernel) // stride + 1 if length >= kernel else 0
+    return max(length, 0)
+
+
+def receptive_field(conv_layers: Sequence[Sequence[int]]) -> tuple[int, int]:
+    """(receptive field, total stride) of the stack, in samples."""
+    field, jump = 1, 1
+    for _, kernel, stride in conv_layers:
+        field += (kernel - 1) * jump
+        jump *= stride
+    return field, jump
+
+
+def gelu(x):
+    """Exact (erf) GELU, as torch.nn.GELU: keeps converted release weights bit-compatible."""
+    return nn.gelu(x, approximate=False)
+
+
+class ConvFeatureStack(nn.Module):
+    """wav2vec 2.0 style conv stack without bias: conv -> [norm] -> GELU per layer.
+
+    norm="group": GroupNorm with one group per channel after the first conv only (the release);
+    norm="layer": LayerNorm over channels after every conv.
+    """
+
+    conv_layers: Sequence[Sequence[int]]
+    norm: str = "group"
+    dtype: jnp.dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, audio: jnp.ndarray) -> jnp.ndarray:
+        """audio [batch, samples] (or [batch, samples, in_channels]) -> [batch, frames, channels]."""
+        x = audio[..., None] if audio.ndim == 2 else audio
+        x = x.astype(self.dtype)
+        for i, (channels, kernel, stride) in enumerate(self.conv_layers):
+            x = nn.Conv(
+                channels, (kernel,), strides=(stride,), padding="VALID", use_bias=False,
+                dtype=self.dtype,
+                kernel_init=nn.with_logical_partitioning(kaiming_normal, (None, "conv_in", "conv_out")),
+                name=f"conv_{i}")(x)
+            if self.norm == "group" and i == 0:
+                x = nn.GroupNorm(num_groups=channels, epsilon=1e-5, dtype=jnp.float32,
+                                 scale_init=nn.with_logical_partitioning(nn.initializers.ones, ("conv_out",)),
+                                 bias_init=nn.with_logical_partitioning(nn.initializers.zeros, ("conv_out",)),
+                                 name=f"norm_{i}")(x)
+            elif self.norm == "layer":
+                x = nn.LayerNorm(epsilon=1e-5, dtype=jnp.float32,
+                                 scale_init=nn.with_logical_partitioning(nn.initializers.ones, ("conv_out",)),
+                                 bias_init=nn.with_logical_partitioning(nn.initializers.zeros, ("conv_out",)),
+                                 name=f"norm_{i}")(x)
+            x = gelu(x).astype(self.dtype)
+            # Keep the largest activations of the step sharded over the batch axes.
+            x = nn.with_logical_constraint(x, ("batch", "conv_length", "conv_act"))
+        return x
+
+
+class FrontEnd(nn.Module):
+    """Conv stack -> LayerNorm -> Linear(width) -> + sin-cos positions: the tokens of both branches."""
+
+    conv_layers: Sequence[Sequence[int]]
+    width: int
+    conv_norm: str = "group"
+    dtype: jnp.dtype = jnp.float32
+
+    def setup(self):
+        self.conv = ConvFeatureStack(self.conv_layers, self.conv_norm, self.dtype)
+        self.feature_norm = nn.LayerNorm(
+            epsilon=1e-5, dtype=jnp.float32,
+            scale_init=nn.with_logical_partitioning(nn.initializers.ones, ("conv_out",)),
+            bias_init=nn.with_logical_partitioning(nn.initializers.zeros, ("conv_out",)))
+        self.feature_projection = nn.Dense(
+            self.width, dtype=self.dtype,
+            kernel_init=nn.with_logical_partitioning(trunc_normal_02, ("conv_out", "embed")),
+            bias_init=nn.with_logical_partitioning(nn.initializers.zeros, ("embed",)))
+
+    def __call__(self, audio: jnp.ndarray) -> jnp.ndarray:
+        """audio [batch, samples] -> tokens [batch, frames, width] with positions added."""
+        features = self.feature_projection(self.feature_norm(self.conv(audio)))
+        positions = jnp.arange(features.shape[1])
+        tokens = features + sincos_embedding(positions, self.width).astype(features.dtype)
+        return nn.with_logical_constraint(tokens, ("batch", "length", "act_embed"))

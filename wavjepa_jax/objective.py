@@ -1,0 +1,100 @@
+"""The WavJEPA objective: predict EMA-target features of hidden frames from the context frames.
+
+    tokens   = frontend(audio)                                   all frames
+    context  = encoder(params, tokens[context frames])           context frames only
+    targets  = mean_k norm(encoder(target_params, sg(tokens)))    all frames, top-K blocks
+    preds    = predictor(context, group positions)               per target group
+    loss     = mean over all target frames of all groups of mean_channels (preds - targets)^2
+
+Gradient reaches the front end through the context branch only: the target branch takes the tokens
+under stop_gradient, and the target parameters are never differentiated.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+from wavjepa_jax.masking import Masks
+from wavjepa_jax.model import WavJEPA
+
+INSTANCE_NORM_EPS = 1e-5  # torch.nn.functional.instance_norm's default, as the release uses.
+
+
+def normalise_layer(x: jax.Array, mode: str) -> jax.Array:
+    """Instance-normalise one block output [batch, frames, channels] (no affine).
+
+    "example": per example jointly over frames and channels (the release's instance_norm call);
+    "channel": per example and channel over frames (data2vec 2.0).
+    """
+    axes = (-2, -1) if mode == "example" else (-2,)
+    mean = jnp.mean(x, axis=axes, keepdims=True)
+    var = jnp.var(x, axis=axes, keepdims=True)
+    return (x - mean) * jax.lax.rsqrt(var + INSTANCE_NORM_EPS)
+
+
+def make_targets(layer_outputs: jax.Array, top_k: int, mode: str) -> jax.Array:
+    """Average of the instance-normalised outputs of the top `top_k` blocks.
+
+    layer_outputs: [depth, batch, frames, channels] -> [batch, frames, channels] (float32).
+    """
+    top = layer_outputs[-top_k:].astype(jnp.float32)
+    return jnp.mean(jax.vmap(lambda x: normalise_layer(x, mode))(top), axis=0)
+
+
+def prediction_loss(predictions, targets, valid) -> jax.Array:
+    """Per-frame MSE averaged over channels, then over every valid target frame of every group.
+
+    predictions, targets: [batch, groups, frames, channels]; valid: [batch, groups, frames].
+    A frame that lies in two groups counts twice, as in the release.
+    """
+    per_frame = jnp.mean(jnp.square(predictions.astype(jnp.float32) - targets), axis=-1)
+    return jnp.sum(per_frame * valid) / jnp.maximum(jnp.sum(valid), 1)
+
+
+def gather_frames(x: jax.Array, idx: jax.Array) -> jax.Array:
+    """x [batch, frames, ...] at idx [batch, n] -> [batch, n, ...]."""
+    return jnp.take_along_axis(x, idx.reshape(idx.shape + (1,) * (x.ndim - 2)), axis=1)
+
+
+class LossOutputs(NamedTuple):
+    loss: jax.Array
+    context_features: jax.Array  # [batch, context, width], after the encoder's final norm
+    targets: jax.Array           # [batch, frames, width]
+
+
+def target_features(model: WavJEPA, target_params, tokens, top_k: int, norm: str):
+    """Targets for every frame from the EMA encoder on the full, unmasked sequence."""
+    _, layers = model.encoder.apply({"params": target_params}, jax.lax.stop_gradient(tokens),
+                                    return_all_layers=True)
+    return jax.lax.stop_gradient(make_targets(layers, top_k, norm))
+
+
+def predict_groups(model: WavJEPA, predictor_params, context, masks: Masks):
+    """Run the predictor once per target group (groups folded into the batch)."""
+    batch, groups, per_group = masks.target_idx.shape
+    repeat = lambda x: jnp.repeat(x, groups, axis=0)  # noqa: E731
+    predictions = model.predictor.apply(
+        {"params": predictor_params}, repeat(context), repeat(masks.context_idx),
+        repeat(masks.context_valid), masks.target_idx.reshape(batch * groups, per_group),
+        masks.target_valid.reshape(batch * groups, per_group))
+    return predictions.reshape(batch, groups, per_group, -1)
+
+
+def wavjepa_loss(model: WavJEPA, params, target_params, audio, masks: Masks, *,
+                 top_k: int, target_norm: str) -> LossOutputs:
+    """The training loss for a batch of crops `audio` [batch, samples] and their masks."""
+    tokens = model.frontend.apply({"params": params["frontend"]}, audio)
+    context_tokens = gather_frames(tokens, masks.context_idx)
+    context = model.encoder.apply({"params": params["encoder"]}, context_tokens,
+                                  masks.context_valid)
+    predictions = predict_groups(model, params["predictor"], context, masks)
+
+    targets = target_features(model, target_params, tokens, top_k, target_norm)
+    batch, groups, per_group = masks.target_idx.shape
+    group_targets = gather_frames(targets, masks.target_idx.reshape(batch, groups * per_group))
+    group_targets = group_targets.reshape(batch, groups, per_group, -1)
+    loss = prediction_loss(predictions, group_targets, masks.target_valid)
+    return LossOutputs(loss, context, targets)

@@ -1,0 +1,206 @@
+r"""WavJEPA pretraining.
+
+    python -m wavjepa_jax.train --config configs/tiny.py --workdir /tmp/wavjepa_tiny
+    python -m wavjepa_jax.train --config configs/base.py --workdir DIR --config.batch_size=512
+    python -m wavjepa_jax.train --config configs/base.py --workdir DIR --dry_run
+
+The path reads top to bottom: config -> distributed start-up -> mesh -> model and abstract state
+(shapes and shardings, nothing allocated) -> jitted step -> state (restored or fresh) -> data ->
+loop (step, metrics, checkpoints) -> final checkpoint.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+import time
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+from wavjepa_jax import configuration, distributed, sharding
+from wavjepa_jax.metrics import MetricWriter, Progress
+from wavjepa_jax.model import WavJEPA
+from wavjepa_jax.train_state import create_train_state, make_optimizer, state_shardings
+from wavjepa_jax.train_step import jit_train_step, make_train_step
+
+log = logging.getLogger("wavjepa_jax")
+
+
+class TrainingError(RuntimeError):
+    """The run cannot continue (e.g. persistent non-finite steps)."""
+
+
+def count_params(tree) -> int:
+    return int(sum(np.prod(x.shape) for x in jax.tree.leaves(tree)))
+
+
+def param_summary(params) -> dict:
+    """Parameter counts per component, split the way SPEC.md reports the release."""
+    predictor = params["predictor"]
+    counts = {
+        "frontend": count_params(params["frontend"]["conv"]),
+        "feature_projection": count_params(
+            {k: v for k, v in params["frontend"].items() if k != "conv"}),
+        "encoder": count_params(params["encoder"]),
+        "predictor": count_params({k: predictor[k] for k in ("transformer", "final_norm")}),
+        "predictor_projections": count_params(
+            {k: v for k, v in predictor.items() if k not in ("transformer", "final_norm")}),
+    }
+    counts["trainable_total"] = sum(counts.values())
+    counts["target_encoder"] = counts["encoder"]
+    return counts
+
+
+def compiled_summary(compiled, config, abstract_state) -> dict:
+    """FLOPs and per-device memory of the compiled step, from XLA's own analyses."""
+    cost = compiled.cost_analysis()
+    cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+    memory = compiled.memory_analysis()
+    memory_bytes = None
+    if memory is not None:
+        memory_bytes = int(memory.argument_size_in_bytes + memory.output_size_in_bytes
+                           + memory.temp_size_in_bytes - memory.alias_size_in_bytes)
+    flops = float(cost.get("flops", 0.0)) if cost else None
+    return {
+        "params": param_summary(abstract_state.params),
+        "flops_per_step": flops,
+        "flops_per_crop": flops / config.batch_size if flops else None,
+        "memory_per_device_bytes": memory_bytes,
+        "batch_size": config.batch_size,
+        "num_devices": jax.device_count(),
+    }
+
+
+def global_batch(local_audio: np.ndarray, mesh) -> jax.Array:
+    """This process's rows of the batch -> one global array sharded over (data, fsdp)."""
+    return jax.make_array_from_process_local_data(
+        sharding.batch_sharding(mesh, local_audio.ndim), local_audio)
+
+
+def run(config: ml_collections.ConfigDict, workdir: str, dry_run: bool = False) -> dict:
+    """Train (or, with dry_run, compile and summarise) under `config`, writing into `workdir`."""
+    configuration.validate(config)
+    distributed.check_same_config(config)
+    mesh = sharding.make_mesh(config)
+    sharding.check_batch_divisible(config, mesh)
+    is_chief = jax.process_index() == 0
+    if is_chief:
+        os.makedirs(workdir, exist_ok=True)
+    log.info("mesh %s over %d devices, %d processes", dict(mesh.shape), jax.device_count(),
+             jax.process_count())
+
+    model = WavJEPA.from_config(config.model)
+    optimizer = make_optimizer(config)
+    shardings, abstract_state = state_shardings(model, config, mesh, optimizer)
+    train_step = jit_train_step(make_train_step(model, config, optimizer), shardings, mesh)
+
+    with jax.set_mesh(mesh), nn.logical_axis_rules(sharding.LOGICAL_RULES):
+        if dry_run:
+            return _dry_run(config, workdir, mesh, train_step, abstract_state, is_chief)
+        return _train_loop(config, workdir, mesh, model, optimizer, shardings, train_step,
+                           is_chief)
+
+
+def _compile(train_step, abstract_state, config, mesh):
+    audio = jax.ShapeDtypeStruct((config.batch_size, config.data.crop_samples), jnp.float32,
+                                 sharding=sharding.batch_sharding(mesh))
+    return train_step.lower(abstract_state, audio).compile()
+
+
+def _dry_run(config, workdir, mesh, train_step, abstract_state, is_chief) -> dict:
+    """Compile the step; report params, FLOPs and per-device memory; write DIR/summary.json.
+
+    XLA's cost analysis counts a while-loop body once, so with scanned layers the FLOPs are taken
+    from an otherwise identical step with the layers unrolled.
+    """
+    compiled = _compile(train_step, abstract_state, config, mesh)
+    summary = compiled_summary(compiled, config, abstract_state)
+    if config.model.scan_layers:
+        unrolled = ml_collections.ConfigDict(config.to_dict())
+        unrolled.model.scan_layers = False
+        model = WavJEPA.from_config(unrolled.model)
+        optimizer = make_optimizer(unrolled)
+        shardings, abstract = state_shardings(model, unrolled, mesh, optimizer)
+        step = jit_train_step(make_train_step(model, unrolled, optimizer), shardings, mesh)
+        flops = compiled_summary(_compile(step, abstract, unrolled, mesh), unrolled, abstract)
+        summary.update(flops_per_step=flops["flops_per_step"],
+                       flops_per_crop=flops["flops_per_crop"])
+    if is_chief:
+        with open(os.path.join(workdir, "summary.json"), "w") as f:
+            json.dump(summary, f, indent=2)
+        print(json.dumps(summary, indent=2))
+    return summary
+
+
+def _train_loop(config, workdir, mesh, model, optimizer, shardings, train_step, is_chief):
+    from wavjepa_jax import data  # Imported here so --dry_run needs no data dependencies.
+
+    state = create_train_state(model, config, optimizer, shardings)
+    data_iter = data.make_train_iterator(config, process_index=jax.process_index(),
+                                         process_count=jax.process_count())
+    writer = MetricWriter(workdir, enabled=is_chief)
+    first_step = int(state.step)
+    progress = Progress(config.total_steps, first_step)
+    audio_seconds = config.batch_size * config.data.crop_samples / config.data.sample_rate
+    skipped_files, last_log_time, last_log_step = 0, time.time(), first_step
+    metrics = {}
+    try:
+        for step in range(first_step, config.total_steps):
+            batch = next(data_iter)
+            skipped_files += int(batch.get("skipped_files", 0))
+            state, metrics = train_step(state, global_batch(batch["audio"], mesh))
+            done = step + 1
+            if done % config.log_every == 0 or done == config.total_steps:
+                metrics = jax.device_get(metrics)
+                elapsed = time.time() - last_log_time
+                rate = audio_seconds * (done - last_log_step) / max(elapsed, 1e-9)
+                metrics.update(audio_sec_per_sec=rate,
+                               audio_sec_per_sec_per_device=rate / jax.device_count(),
+                               skipped_files=skipped_files)
+                writer.write(done, metrics)
+                if is_chief:
+                    print(progress.line(done, metrics), flush=True)
+                last_log_time, last_log_step = time.time(), done
+                if metrics["bad_steps"] >= config.max_bad_steps:
+                    raise TrainingError(
+                        f"{int(metrics['bad_steps'])} consecutive steps with non-finite loss or "
+                        f"gradients (max_bad_steps={config.max_bad_steps}); stopping at step "
+                        f"{done}. Parameters were left at the last finite step.")
+    finally:
+        writer.close()
+    return {k: np.asarray(v).item() for k, v in jax.device_get(metrics).items()
+            if np.ndim(v) == 0}
+
+
+def main(argv) -> None:
+    del argv
+    from absl import flags
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    FLAGS = flags.FLAGS
+    distributed.initialize(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id)
+    run(FLAGS.config, FLAGS.workdir, dry_run=FLAGS.dry_run)
+
+
+def define_flags() -> None:
+    from absl import flags
+    from ml_collections import config_flags
+    config_flags.DEFINE_config_file(
+        "config", None, "Config file (configs/*.py); override leaves with --config.a.b=value.",
+        lock_config=True)
+    flags.DEFINE_string("workdir", None, "Directory for metrics, TensorBoard and checkpoints.")
+    flags.DEFINE_bool("dry_run", False, "Compile the step, write DIR/summary.json, exit.")
+    distributed.define_flags()
+    flags.mark_flags_as_required(["config", "workdir"])
+
+
+if __name__ == "__main__":
+    from absl import app
+    define_flags()
+    app.run(main)
+    sys.exit(0)

@@ -1,0 +1,95 @@
+"""Train state as plain pytrees, the optimiser, and the learning-rate and EMA schedules."""
+
+from __future__ import annotations
+
+import flax.linen as nn
+import flax.struct
+import jax
+import jax.numpy as jnp
+import ml_collections
+import optax
+
+from wavjepa_jax import sharding
+from wavjepa_jax.model import WavJEPA
+
+
+class TrainState(flax.struct.PyTreeNode):
+    step: jax.Array            # int32 scalar: steps taken (skipped non-finite steps included)
+    params: dict               # {'frontend', 'encoder', 'predictor'}
+    target_params: dict        # EMA of params['encoder']: the target encoder, never differentiated
+    opt_state: optax.OptState
+    rng: jax.Array             # uint32[2] base key; step keys are fold_in(rng, step)
+    bad_steps: jax.Array       # int32: consecutive non-finite steps (reset by a good step)
+    skipped_steps: jax.Array   # int32: all non-finite steps skipped so far
+
+
+def learning_rate_schedule(optim: ml_collections.ConfigDict, total_steps: int) -> optax.Schedule:
+    """Linear warmup from 0 to `lr` over warmup_steps, then cosine decay to end_lr at total_steps."""
+    warmup = min(optim.warmup_steps, max(total_steps - 1, 0))
+    return optax.warmup_cosine_decay_schedule(
+        init_value=0.0, peak_value=optim.lr, warmup_steps=warmup,
+        decay_steps=max(total_steps, warmup + 1), end_value=optim.end_lr)
+
+
+def ema_decay_schedule(ema: ml_collections.ConfigDict):
+    """Linear from `start` to `end` over anneal_steps, then constant (the release's schedule)."""
+    def decay(step):
+        progress = jnp.minimum(step / max(ema.anneal_steps, 1), 1.0)
+        return ema.start + (ema.end - ema.start) * progress
+    return decay
+
+
+def make_optimizer(config: ml_collections.ConfigDict) -> optax.GradientTransformation:
+    """Global-norm clipping, then AdamW with weight decay on every parameter (as the release)."""
+    optim = config.optim
+    return optax.chain(
+        optax.clip_by_global_norm(optim.clip_norm),
+        optax.adamw(learning_rate_schedule(optim, config.total_steps), b1=optim.b1, b2=optim.b2,
+                    eps=optim.eps, weight_decay=optim.weight_decay))
+
+
+def ema_update(target_params, params, decay):
+    """target <- decay * target + (1 - decay) * params, leaf by leaf (in float32)."""
+    return jax.tree.map(lambda t, p: decay * t + (1.0 - decay) * p, target_params, params)
+
+
+def abstract_boxed_params(model: WavJEPA, config: ml_collections.ConfigDict):
+    """Shapes and logical axes of the params, without allocating them."""
+    return jax.eval_shape(lambda rng: model.init(rng, config.data.crop_samples),
+                          jax.random.PRNGKey(0))
+
+
+def state_shardings(model: WavJEPA, config, mesh, optimizer):
+    """NamedShardings of every TrainState leaf, and the abstract (unboxed) state."""
+    boxed = abstract_boxed_params(model, config)
+    param_shardings = sharding.logical_shardings(boxed, mesh)
+    abstract_params = nn.meta.unbox(boxed)
+    sharding.check_divisible_params(abstract_params, param_shardings)
+    abstract_opt = jax.eval_shape(optimizer.init, abstract_params)
+    opt_shardings = optax.tree_map_params(
+        optimizer, lambda _, s: s, abstract_opt, param_shardings,
+        transform_non_params=lambda _: sharding.replicated(mesh))
+    scalar = sharding.replicated(mesh)
+    shardings = TrainState(
+        step=scalar, params=param_shardings, target_params=param_shardings["encoder"],
+        opt_state=opt_shardings, rng=scalar, bad_steps=scalar, skipped_steps=scalar)
+    abstract = TrainState(
+        step=jax.ShapeDtypeStruct((), jnp.int32), params=abstract_params,
+        target_params=abstract_params["encoder"], opt_state=abstract_opt,
+        rng=jax.ShapeDtypeStruct((2,), jnp.uint32),
+        bad_steps=jax.ShapeDtypeStruct((), jnp.int32),
+        skipped_steps=jax.ShapeDtypeStruct((), jnp.int32))
+    return shardings, abstract
+
+
+def create_train_state(model: WavJEPA, config, optimizer, shardings) -> TrainState:
+    """Initialise params directly into their shardings (no host copy of the full model)."""
+    def init(seed):
+        rng = jax.random.PRNGKey(seed)
+        params = nn.meta.unbox(model.init(jax.random.fold_in(rng, 0), config.data.crop_samples))
+        return TrainState(
+            step=jnp.int32(0), params=params,
+            target_params=jax.tree.map(jnp.copy, params["encoder"]),
+            opt_state=optimizer.init(params), rng=jax.random.fold_in(rng, 1),
+            bad_steps=jnp.int32(0), skipped_steps=jnp.int32(0))
+    return jax.jit(init, static_argnums=0, out_shardings=shardings)(config.seed)

@@ -1,0 +1,111 @@
+"""One training step: masks, loss and gradients, AdamW update, EMA update, monitors.
+
+Written for a mesh: called under jax.jit with the state's NamedShardings, a batch sharded over
+(data, fsdp), and the state donated. Masks are drawn on device from fold_in(rng, step), so the step
+is a pure function of (state, audio) and compiles once whatever masks come up.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import ml_collections
+import optax
+
+from wavjepa_jax import frontend, masking, objective, sharding
+from wavjepa_jax.model import WavJEPA
+from wavjepa_jax.train_state import (TrainState, ema_decay_schedule, ema_update,
+                                     learning_rate_schedule)
+
+
+def effective_rank(embeddings: jax.Array) -> jax.Array:
+    """exp(entropy) of the normalised singular values of the centred [n, d] matrix (collapse → 1)."""
+    centred = embeddings - jnp.mean(embeddings, axis=0, keepdims=True)
+    singular = jnp.linalg.svd(centred.astype(jnp.float32), compute_uv=False)
+    p = singular / jnp.maximum(jnp.sum(singular), 1e-12)
+    return jnp.exp(-jnp.sum(jnp.where(p > 0, p * jnp.log(jnp.where(p > 0, p, 1.0)), 0.0)))
+
+
+def collapse_monitors(outputs: objective.LossOutputs, masks: masking.Masks) -> dict:
+    """Std across the batch of target and context embeddings, and the pooled context's rank."""
+    valid = masks.context_valid[..., None]
+    pooled = jnp.sum(outputs.context_features * valid, 1) / jnp.maximum(jnp.sum(valid, 1), 1)
+    return {
+        "target_std": jnp.mean(jnp.std(outputs.targets, axis=0)),
+        "context_std": jnp.mean(jnp.std(pooled, axis=0)),
+        "effective_rank": effective_rank(pooled),
+    }
+
+
+def fault_injection(config: ml_collections.ConfigDict):
+    """Test-only: config.debug_nan_steps = "a-b" makes the loss NaN at steps a..b (inclusive)."""
+    if not config.debug_nan_steps:
+        return None
+    first, _, last = str(config.debug_nan_steps).partition("-")
+    return int(first), int(last or first)
+
+
+def make_train_step(model: WavJEPA, config: ml_collections.ConfigDict,
+                    optimizer: optax.GradientTransformation):
+    """The pure step function (state, audio [batch, samples]) -> (state, metrics)."""
+    num_frames = frontend.num_frames(config.data.crop_samples, config.model.conv_layers)
+    ema_decay = ema_decay_schedule(config.ema)
+    learning_rate = learning_rate_schedule(config.optim, config.total_steps)
+    nan_steps = fault_injection(config)
+    loss_fn = functools.partial(objective.wavjepa_loss, model, top_k=config.model.top_k_layers,
+                                target_norm=config.model.target_norm)
+
+    def step(state: TrainState, audio: jax.Array):
+        step_key = jax.random.fold_in(state.rng, state.step)
+        masks = masking.sample_masks(step_key, audio.shape[0], num_frames, config.mask)
+        masks = jax.tree.map(
+            lambda m: nn.with_logical_constraint(m, ("batch",) + (None,) * (m.ndim - 1)), masks)
+
+        def loss_of(params):
+            outputs = loss_fn(params, state.target_params, audio, masks)
+            return outputs.loss, outputs
+
+        (loss, outputs), grads = jax.value_and_grad(loss_of, has_aux=True)(state.params)
+        if nan_steps is not None:
+            in_fault = (state.step >= nan_steps[0]) & (state.step <= nan_steps[1])
+            loss = jnp.where(in_fault, jnp.nan, loss)
+        grad_norm = optax.global_norm(grads)
+        finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+
+        updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
+        params = optax.apply_updates(state.params, updates)
+        decay = ema_decay(state.step)
+        target_params = ema_update(state.target_params, params["encoder"], decay)
+
+        keep_if_finite = lambda new, old: jax.tree.map(  # noqa: E731
+            lambda n, o: jnp.where(finite, n, o), new, old)
+        new_state = state.replace(
+            step=state.step + 1,
+            params=keep_if_finite(params, state.params),
+            target_params=keep_if_finite(target_params, state.target_params),
+            opt_state=keep_if_finite(opt_state, state.opt_state),
+            bad_steps=jnp.where(finite, 0, state.bad_steps + 1),
+            skipped_steps=state.skipped_steps + (~finite).astype(jnp.int32))
+        # The optimiser's step count (every "count" in its state is the same); it advances on
+        # finite steps only, so skipped steps do not move the schedule.
+        count = optax.tree_utils.tree_get_all_with_path(state.opt_state, "count")[0][1]
+        metrics = {
+            "loss": loss, "grad_norm": grad_norm, "ema_decay": decay, "finite": finite,
+            "learning_rate": learning_rate(count),
+            "bad_steps": new_state.bad_steps, "skipped_steps": new_state.skipped_steps,
+            **collapse_monitors(outputs, masks),
+        }
+        return new_state, metrics
+
+    return step
+
+
+def jit_train_step(step_fn, state_shardings, mesh):
+    """jax.jit with explicit shardings: state in/out as given and donated, batch over data x fsdp."""
+    return jax.jit(step_fn,
+                   in_shardings=(state_shardings, sharding.batch_sharding(mesh)),
+                   out_shardings=(state_shardings, sharding.replicated(mesh)),
+                   donate_argnums=0)

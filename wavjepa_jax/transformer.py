@@ -1,0 +1,147 @@
+"""Transformer blocks shared by the context encoder, the EMA target encoder and the predictor.
+
+A block is PyTorch's nn.TransformerEncoderLayer (GELU, dropout 0): post-norm by default as in the
+release, pre-norm with `norm_first=True`. `TransformerStack` runs the blocks either with `nn.scan`
+(one compiled block whatever the depth; parameters stacked on a leading "layers" axis) or as a
+Python loop, optionally rematerialised, and can return every block's output.
+"""
+
+from __future__ import annotations
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from wavjepa_jax.frontend import gelu, trunc_normal_02
+
+xavier_uniform = nn.initializers.xavier_uniform()
+
+
+def _partitioned(init, axes):
+    return nn.with_logical_partitioning(init, axes)
+
+
+class SelfAttention(nn.Module):
+    """Multi-head self-attention with a key-padding mask (True = may be attended to).
+
+    Parameters are kept in their natural [embed, heads, head_dim] layouts so each axis carries its
+    own logical name (and converted PyTorch in_proj weights reshape into them directly).
+    """
+
+    width: int
+    heads: int
+    dtype: jnp.dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jnp.ndarray, key_valid: jnp.ndarray | None) -> jnp.ndarray:
+        head_dim = self.width // self.heads
+        in_shape, in_axes = (self.width, self.heads, head_dim), ("embed", "heads", "kv")
+
+        def project(name):
+            kernel = self.param(f"{name}_kernel", _partitioned(xavier_uniform, in_axes), in_shape)
+            bias = self.param(f"{name}_bias", _partitioned(nn.initializers.zeros, in_axes[1:]),
+                              in_shape[1:])
+            return (jnp.einsum("bld,dhk->blhk", x, kernel.astype(self.dtype))
+                    + bias.astype(self.dtype))
+
+        query, key, value = project("query"), project("key"), project("value")
+        mask = None if key_valid is None else key_valid[:, None, None, :]
+        attended = jax.nn.dot_product_attention(query, key, value, mask=mask)
+        attended = nn.with_logical_constraint(attended, ("batch", "length", "act_heads", "act_kv"))
+        out_kernel = self.param("out_kernel", _partitioned(trunc_normal_02, ("heads", "kv", "embed")),
+                                (self.heads, head_dim, self.width))
+        out_bias = self.param("out_bias", _partitioned(nn.initializers.zeros, ("embed",)),
+                              (self.width,))
+        return (jnp.einsum("blhk,hkd->bld", attended, out_kernel.astype(self.dtype))
+                + out_bias.astype(self.dtype))
+
+
+class MLP(nn.Module):
+    width: int
+    hidden: int
+    dtype: jnp.dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x):
+        x = nn.Dense(self.hidden, dtype=self.dtype, name="fc1",
+                     kernel_init=_partitioned(trunc_normal_02, ("embed", "mlp")),
+                     bias_init=_partitioned(nn.initializers.zeros, ("mlp",)))(x)
+        x = nn.with_logical_constraint(gelu(x), ("batch", "length", "act_mlp"))
+        return nn.Dense(self.width, dtype=self.dtype, name="fc2",
+                        kernel_init=_partitioned(trunc_normal_02, ("mlp", "embed")),
+                        bias_init=_partitioned(nn.initializers.zeros, ("embed",)))(x)
+
+
+def layer_norm(eps: float, name: str) -> nn.LayerNorm:
+    return nn.LayerNorm(epsilon=eps, dtype=jnp.float32, name=name,
+                        scale_init=_partitioned(nn.initializers.ones, ("embed",)),
+                        bias_init=_partitioned(nn.initializers.zeros, ("embed",)))
+
+
+class TransformerBlock(nn.Module):
+    width: int
+    heads: int
+    mlp: int
+    norm_first: bool = False
+    eps: float = 1e-6
+    dtype: jnp.dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jnp.ndarray, key_valid: jnp.ndarray | None):
+        attention = SelfAttention(self.width, self.heads, self.dtype, name="attention")
+        mlp = MLP(self.width, self.mlp, self.dtype, name="mlp")
+        norm1, norm2 = layer_norm(self.eps, "norm1"), layer_norm(self.eps, "norm2")
+        if self.norm_first:
+            x = x + attention(norm1(x).astype(self.dtype), key_valid)
+            x = x + mlp(norm2(x).astype(self.dtype))
+        else:
+            x = norm1(x + attention(x, key_valid)).astype(self.dtype)
+            x = norm2(x + mlp(x)).astype(self.dtype)
+        return nn.with_logical_constraint(x, ("batch", "length", "act_embed"))
+
+
+class _ScannedBlock(TransformerBlock):
+    """A block with nn.scan's (carry, x) -> (carry, y) signature; y is the block's output when
+    `emit_outputs`, else nothing (so an encoder that needs only its last output stores no stack)."""
+
+    emit_outputs: bool = True
+
+    def __call__(self, x, key_valid):
+        x = super().__call__(x, key_valid)
+        return x, (x if self.emit_outputs else None)
+
+
+class TransformerStack(nn.Module):
+    """`depth` blocks. Returns the last output, and with return_all=True also every block's
+    output stacked as [depth, batch, length, width] (before any final norm)."""
+
+    depth: int
+    width: int
+    heads: int
+    mlp: int
+    norm_first: bool = False
+    eps: float = 1e-6
+    dtype: jnp.dtype = jnp.float32
+    scan: bool = True
+    remat: bool = False
+
+    @nn.compact
+    def __call__(self, x, key_valid=None, return_all: bool = False):
+        block_cls = _ScannedBlock if self.scan else TransformerBlock
+        if self.remat:
+            block_cls = nn.remat(block_cls, prevent_cse=not self.scan)
+        kwargs = dict(width=self.width, heads=self.heads, mlp=self.mlp,
+                      norm_first=self.norm_first, eps=self.eps, dtype=self.dtype)
+        if self.scan:
+            scanned = nn.scan(
+                block_cls, variable_axes={"params": 0}, split_rngs={"params": True},
+                in_axes=(nn.broadcast,), length=self.depth,
+                metadata_params={nn.PARTITION_NAME: "layers"})
+            x, outputs = scanned(**kwargs, emit_outputs=return_all, name="blocks")(x, key_valid)
+        else:
+            outputs = []
+            for i in range(self.depth):
+                x = block_cls(**kwargs, name=f"block_{i}")(x, key_valid)
+                outputs.append(x)
+            outputs = jnp.stack(outputs) if return_all else None
+        return (x, outputs) if return_all else x
