@@ -23,10 +23,12 @@ import logging
 
 import grain
 import ml_collections
+from absl import flags
 import numpy as np
 
 from wavjepa_jax.data import audio, sources
 
+log = logging.getLogger(__name__)
 READ_THREADS = 2       # Decode threads per worker: soundfile and soxr release the GIL.
 
 
@@ -91,7 +93,7 @@ class _CountSkippedClipsIterator(grain.DatasetIterator):
         skipped = 0
         while isinstance(clip := next(self._parent), SkippedClip):
             skipped += 1
-            logging.warning("Skipping %s: %s", clip.description, clip.reason)
+            log.warning("Skipping %s: %s", clip.description, clip.reason)
             if skipped >= self.max_consecutive:
                 raise RuntimeError(
                     f"{skipped} clips in a row could not be used (data.max_consecutive_skips); "
@@ -172,6 +174,9 @@ def make_train_dataset(config: ml_collections.ConfigDict, process_index: int = 0
             prefetch_buffer_size=clips_per_batch * config.data.prefetch)),
         config.data.max_consecutive_skips,
     ).batch(clips_per_batch, drop_remainder=True).map(flatten_crops)
+    if config.data.num_workers and not flags.FLAGS.is_parsed():
+        flags.FLAGS.mark_as_parsed()  # Grain's worker start-up reads an absl flag; outside
+                                      # `app.run` (tests, notebooks) its default must do.
     return batches.mp_prefetch(grain.MultiprocessingOptions(
         num_workers=config.data.num_workers, per_worker_buffer_size=config.data.prefetch))
 

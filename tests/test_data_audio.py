@@ -1,0 +1,105 @@
+"""Waveform reading and the per-clip transforms (wavjepa_jax.data.audio)."""
+
+import numpy as np
+import pytest
+import soundfile
+
+from wavjepa_jax.data import audio
+
+
+def sine(frequency, rate, seconds, amplitude=0.5):
+    return amplitude * np.sin(2 * np.pi * frequency * np.arange(int(rate * seconds)) / rate)
+
+
+def peak_frequency(signal, rate):
+    spectrum = np.abs(np.fft.rfft(signal * np.hanning(signal.shape[-1])))
+    return np.fft.rfftfreq(signal.shape[-1], 1 / rate)[np.argmax(spectrum)]
+
+
+@pytest.mark.parametrize("rate", [8_000, 22_050, 44_100, 48_000])
+def test_resampling_keeps_frequency_and_level(tmp_path, rate):
+    path = str(tmp_path / f"sine_{rate}.wav")
+    soundfile.write(path, sine(1000.0, rate, 1.0), rate, subtype="FLOAT")
+    clip, file_rate = audio.load_audio(path)
+    assert file_rate == rate
+    out = audio.resample(clip, file_rate, 16_000)
+    assert out.dtype == np.float32 and out.shape == (1, 16_000)
+    middle = out[0, 1_000:-1_000]  # Away from the filter's edge transients.
+    assert abs(peak_frequency(middle, 16_000) - 1000.0) <= 2.0
+    level_change_db = 20 * np.log10(audio.rms(middle[None]) / (0.5 / np.sqrt(2)))
+    assert abs(level_change_db) < 0.1
+
+
+@pytest.mark.parametrize("extension,format_args", [
+    ("wav", {}), ("flac", {}), ("ogg", {}), ("mp3", {}), ("aiff", {})])
+def test_load_audio_formats_and_layout(tmp_path, extension, format_args):
+    stereo = np.stack([sine(440, 16_000, 0.5), sine(660, 16_000, 0.5, 0.25)], axis=1)
+    path = str(tmp_path / f"clip.{extension}")
+    soundfile.write(path, stereo, 16_000, **format_args)
+    clip, rate = audio.load_audio(path)
+    assert rate == 16_000 and clip.dtype == np.float32
+    assert clip.shape[0] == 2 and abs(clip.shape[1] - 8_000) < 2_000  # Lossy codecs pad a little.
+    assert abs(peak_frequency(clip[0], rate) - 440) < 10
+    assert abs(peak_frequency(clip[1], rate) - 660) < 10
+
+
+def test_read_window_takes_a_random_part_of_long_files(tmp_path):
+    path = str(tmp_path / "ramp.wav")
+    soundfile.write(path, np.linspace(-1, 1, 48_000), 16_000, subtype="FLOAT")
+    starts = set()
+    for seed in range(8):
+        window, rate = audio.read_window(path, 0.5, np.random.default_rng(seed))
+        assert window.shape == (1, 8_000) and rate == 16_000
+        starts.add(float(window[0, 0]))
+    assert len(starts) > 4
+    short, _ = audio.read_window(path, 10.0, np.random.default_rng(0))
+    assert short.shape == (1, 48_000)
+
+
+@pytest.mark.parametrize("bad,reason", [
+    (np.zeros((1, 0), np.float32), "empty"),
+    (np.array([[0.1, np.nan, 0.2]], np.float32), "NaN"),
+    (np.zeros((2, 100), np.float32), "silent"),
+])
+def test_check_audio_rejects_unusable_clips(bad, reason):
+    with pytest.raises(audio.BadAudio, match=reason):
+        audio.check_audio(bad)
+
+
+def test_channel_handling():
+    stereo = np.stack([np.ones(10), -np.ones(10) * 0.5]).astype(np.float32)
+    np.testing.assert_allclose(audio.to_mono(stereo), np.full((1, 10), 0.25))
+    assert audio.to_channels(stereo[:1], 2).shape == (2, 10)
+    assert audio.to_channels(stereo, 2) is stereo
+    with pytest.raises(audio.BadAudio, match="data.channels"):
+        audio.to_channels(np.zeros((6, 10), np.float32), 2)
+
+
+def test_rms_normalise_reaches_target_level():
+    clip = sine(300, 16_000, 1.0, 0.01)[None].astype(np.float32)
+    out = audio.rms_normalise(clip, -14.0)
+    assert abs(20 * np.log10(audio.rms(out)) + 14.0) < 1e-3
+
+
+def test_fit_length_loops_pads_and_truncates():
+    clip = np.arange(1, 4, dtype=np.float32)[None]
+    np.testing.assert_array_equal(audio.fit_length(clip, 7, "loop"), [[1, 2, 3, 1, 2, 3, 1]])
+    np.testing.assert_array_equal(audio.fit_length(clip, 5, "pad"), [[1, 2, 3, 0, 0]])
+    np.testing.assert_array_equal(audio.fit_length(clip, 2, "pad"), [[1, 2]])
+    with pytest.raises(ValueError, match="data.short_clip"):
+        audio.fit_length(clip, 5, "stretch")
+
+
+def test_standardise_and_random_crops():
+    clip = (3.0 + 2.0 * np.random.default_rng(0).standard_normal((2, 1000))).astype(np.float32)
+    crops = audio.random_crops(clip, 5, 100, np.random.default_rng(1))
+    assert crops.shape == (5, 2, 100)
+    standard = audio.standardise(crops[0])
+    assert abs(standard.mean()) < 1e-5 and abs(standard.std() - 1) < 1e-4
+    assert np.all(audio.standardise(np.zeros((1, 50), np.float32)) == 0)
+
+
+def test_pcm_to_float_scales_integers():
+    np.testing.assert_allclose(audio.pcm_to_float(np.array([16384], np.int64)), [0.5])
+    np.testing.assert_allclose(audio.pcm_to_float(np.array([-(2**30)], np.int32)), [-0.5])
+    assert audio.pcm_to_float(np.array([0.25], np.float64)).dtype == np.float32
