@@ -20,7 +20,6 @@ import io
 import json
 import multiprocessing
 import os
-import sys
 
 import soundfile
 import tqdm
@@ -144,11 +143,11 @@ def write_shard(output, shard, num_shards, paths, encoded, report, bar) -> None:
     report.shards_written += 1
 
 
-def print_report(report: Report, output: str, file=sys.stdout) -> None:
+def print_report(report: Report, output: str) -> None:
     print(f"Wrote {report.written} files to {output} ({report.shards_written} shards written, "
-          f"{report.shards_reused} reused); skipped {len(report.skipped)} files.", file=file)
+          f"{report.shards_reused} reused); skipped {len(report.skipped)} files.")
     for path, reason in sorted(report.skipped):
-        print(f"  skipped {path}: {reason}", file=file)
+        print(f"  skipped {path}: {reason}")
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
