@@ -127,6 +127,7 @@ class TransformerStack(nn.Module):
 
     @nn.compact
     def __call__(self, x, key_valid=None, return_all: bool = False):
+        x = x.astype(self.dtype)
         block_cls = _ScannedBlock if self.scan else TransformerBlock
         if self.remat:
             block_cls = nn.remat(block_cls, prevent_cse=not self.scan)

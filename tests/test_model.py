@@ -1,0 +1,147 @@
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from wavjepa_jax import configuration, train
+from wavjepa_jax.model import Encoder, WavJEPA
+from wavjepa_jax.positions import sincos_embedding
+from wavjepa_jax.transformer import TransformerStack, layer_norm
+
+
+def abstract_params(size):
+    model = WavJEPA.from_config(configuration.model_config(size))
+    boxed = jax.eval_shape(lambda k: model.init(k, 32_160), jax.random.PRNGKey(0))
+    return nn.meta.unbox(boxed)
+
+
+def test_base_parameter_counts_match_the_release():
+    counts = train.param_summary(abstract_params("base"))
+    # SPEC.md: front end ~3.7M, encoder ~85M, predictor ~21M, ~111M trainable.
+    assert counts["frontend"] == pytest.approx(3.7e6, rel=0.02)
+    assert counts["encoder"] == pytest.approx(85e6, rel=0.02)
+    assert counts["predictor"] == pytest.approx(21e6, rel=0.02)
+    assert counts["trainable_total"] == pytest.approx(111e6, rel=0.01)
+
+
+def test_large_encoder_is_vit_large_sized():
+    counts = train.param_summary(abstract_params("large"))
+    assert counts["encoder"] == pytest.approx(302e6, rel=0.02)
+
+
+def tiny_model(**overrides):
+    config = configuration.model_config("tiny")
+    config.update(overrides)
+    return WavJEPA.from_config(config), config
+
+
+def init_params(model, samples=32_160):
+    init = jax.jit(model.init, static_argnums=1)
+    return nn.meta.unbox(init(jax.random.PRNGKey(0), samples))
+
+
+def random_subset(key, num_frames, size):
+    return jnp.sort(jax.random.permutation(key, num_frames)[:size])
+
+
+@pytest.mark.parametrize("norm_first", [False, True])
+def test_context_only_encoder_equals_masked_full_sequence(norm_first):
+    model, _ = tiny_model(norm_first=norm_first)
+    params = init_params(model)
+    tokens = jax.random.normal(jax.random.PRNGKey(1), (2, 200, 64))
+    idx = jnp.stack([random_subset(jax.random.PRNGKey(i), 200, 37) for i in range(2)])
+    valid = jnp.arange(40)[None] < jnp.array([[37], [30]])   # Second example padded further.
+    idx = jnp.pad(idx, ((0, 0), (0, 3)))
+
+    gathered = jnp.take_along_axis(tokens, idx[..., None], axis=1)
+    ours = model.encoder.apply({"params": params["encoder"]}, gathered, valid)
+
+    # The release: all 200 frames in the encoder, non-context ones hidden by a key-padding mask.
+    is_context = jax.vmap(lambda i, v: jnp.zeros(200, bool).at[i].max(v))(idx, valid)
+    full = model.encoder.apply({"params": params["encoder"]}, tokens, is_context)
+    full_at_context = jnp.take_along_axis(full, idx[..., None], axis=1)
+    np.testing.assert_allclose(np.where(valid[..., None], ours, 0),
+                               np.where(valid[..., None], full_at_context, 0), atol=1e-5)
+
+
+def release_style_predictor(model, params, context, context_idx, target_idx, num_frames):
+    """The release's predictor: a num_frames-long sequence of mask tokens with the context
+    features written at their positions, positions added to all, padding mask = neither context
+    nor this group's target."""
+    p = params["predictor"]
+    cfg = model.predictor
+    dense = lambda name, x: x @ p[name]["kernel"] + p[name]["bias"]  # noqa: E731
+    projected = dense("input_projection", context)
+    batch = context.shape[0]
+    seq = jnp.broadcast_to(p["mask_token"], (batch, num_frames, cfg.width))
+    seq = jax.vmap(lambda s, i, c: s.at[i].set(c))(seq, context_idx, projected)
+    seq = seq + sincos_embedding(jnp.arange(num_frames), cfg.width)
+    keep = jax.vmap(lambda i, t: jnp.zeros(num_frames, bool).at[i].set(True).at[t].set(True))(
+        context_idx, target_idx)
+    stack = TransformerStack(cfg.depth, cfg.width, cfg.heads, cfg.mlp, cfg.norm_first, cfg.eps,
+                             scan=cfg.scan)
+    out = stack.apply({"params": p["transformer"]}, seq, keep)
+    out = layer_norm(cfg.eps, "n").apply({"params": p["final_norm"]}, out)
+    out = dense("output_projection", out)
+    return jnp.take_along_axis(out, target_idx[..., None], axis=1)
+
+
+def test_context_plus_group_predictor_equals_release_full_sequence():
+    model, _ = tiny_model()
+    params = init_params(model)
+    perm = jnp.stack([jax.random.permutation(jax.random.PRNGKey(i), 200) for i in range(3)])
+    context_idx, target_idx = jnp.sort(perm[:, :36], 1), jnp.sort(perm[:, 36:81], 1)
+    context = jax.random.normal(jax.random.PRNGKey(7), (3, 36, 64))
+    ones = lambda x: jnp.ones(x.shape, bool)  # noqa: E731
+
+    ours = model.predictor.apply({"params": params["predictor"]}, context, context_idx,
+                                 ones(context_idx), target_idx, ones(target_idx))
+    reference = release_style_predictor(model, params, context, context_idx, target_idx, 200)
+    np.testing.assert_allclose(ours, reference, atol=1e-5)
+
+
+def test_scanned_and_unrolled_layers_compute_the_same_function():
+    scanned, _ = tiny_model(scan_layers=True)
+    unrolled, _ = tiny_model(scan_layers=False)
+    params = init_params(scanned)["encoder"]
+    blocks = params["transformer"]["blocks"]
+    unrolled_params = {
+        "final_norm": params["final_norm"],
+        "transformer": {f"block_{i}": jax.tree.map(lambda x: x[i], blocks) for i in range(2)}}
+    tokens = jax.random.normal(jax.random.PRNGKey(3), (2, 50, 64))
+    a, layers_a = scanned.encoder.apply({"params": params}, tokens, return_all_layers=True)
+    b, layers_b = unrolled.encoder.apply({"params": unrolled_params}, tokens,
+                                         return_all_layers=True)
+    np.testing.assert_allclose(a, b, atol=1e-5)
+    np.testing.assert_allclose(layers_a, layers_b, atol=1e-5)
+    assert layers_a.shape == (2, 2, 50, 64)
+
+
+def test_remat_and_bfloat16_options():
+    model, _ = tiny_model()
+    params = init_params(model)["encoder"]
+    tokens = jax.random.normal(jax.random.PRNGKey(3), (2, 50, 64))
+    reference = model.encoder.apply({"params": params}, tokens)
+    remat = Encoder(**{**_fields(model.encoder), "remat": True})
+    np.testing.assert_allclose(remat.apply({"params": params}, tokens), reference, atol=1e-6)
+    grads = jax.grad(lambda p: jnp.sum(remat.apply({"params": p}, tokens)))(params)
+    assert all(np.isfinite(g).all() for g in jax.tree.leaves(grads))
+    bf16 = Encoder(**{**_fields(model.encoder), "dtype": jnp.bfloat16})
+    out = bf16.apply({"params": params}, tokens)
+    assert jax.tree.leaves(params)[0].dtype == jnp.float32       # Params stay float32.
+    np.testing.assert_allclose(np.asarray(out, np.float32), reference, atol=0.1)
+
+
+def _fields(module):
+    return {f: getattr(module, f) for f in
+            ("depth", "width", "heads", "mlp", "norm_first", "eps", "dtype", "scan", "remat")}
+
+
+def test_every_parameter_has_logical_axis_names():
+    model, _ = tiny_model()
+    boxed = jax.eval_shape(lambda k: model.init(k, 32_160), jax.random.PRNGKey(0))
+    leaves = jax.tree.leaves(boxed, is_leaf=lambda x: isinstance(x, nn.LogicallyPartitioned))
+    assert leaves and all(isinstance(x, nn.LogicallyPartitioned) for x in leaves)
+    for leaf in leaves:
+        assert len(leaf.names) == len(leaf.value.shape)
