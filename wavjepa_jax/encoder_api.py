@@ -1,0 +1,276 @@
+"""Embeddings from an exported WavJEPA encoder, for any audio.
+
+    encoder = wavjepa_jax.load_encoder("exported/")
+    out = encoder.embed(audio, sample_rate)     # out.frames [frames, width], out.timestamps [s]
+    clip = encoder.embed_clip(audio, sample_rate)  # [width]: the mean over frames
+
+Audio is prepared as the release prepares it for downstream use: resampled to the encoder's rate,
+channels mixed (a mono encoder) or matched, RMS-normalised to -14 dBFS, then cut into
+non-overlapping 2.01 s chunks (the training crop), each standardised over its real samples and the
+last one zero-padded; padded frames are hidden from attention and dropped. With `window=False` a
+clip is encoded as one sequence instead (sin-cos positions extend to any length).
+
+The forward pass is jitted on a small set of shapes: chunk batches are padded to a power of two
+(at most `max_batch`), whole clips to a power-of-two multiple of the chunk length, so a dataset of
+varied lengths compiles a handful of programs, not one per clip. `apply(params, audio, valid)` is
+the raw pure function for use inside other JAX models.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+from typing import Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from wavjepa_jax import export
+from wavjepa_jax.data import audio as audio_lib
+from wavjepa_jax.frontend import num_frames, receptive_field
+from wavjepa_jax.model import DTYPES, WavJEPA
+
+MAX_CHANNELS = 16  # A rank-2 input with more "channels" than this is almost surely a batch.
+
+
+@dataclasses.dataclass(frozen=True)
+class Embeddings:
+    """Frame embeddings and the time of each frame (the centre of its receptive field, seconds).
+
+    frames [frames, width] and timestamps [frames] for one clip; [batch, frames, width] and
+    [batch, frames] for a batch array of equal-length clips.
+    """
+
+    frames: np.ndarray
+    timestamps: np.ndarray
+
+
+def _as_audio_array(clip, what: str) -> np.ndarray:
+    try:
+        clip = np.asarray(clip)
+    except Exception as e:  # noqa: BLE001 - report any unconvertible input the same way.
+        raise ValueError(f"{what}: cannot be read as an array ({e})") from e
+    if not (np.issubdtype(clip.dtype, np.floating) or np.issubdtype(clip.dtype, np.integer)):
+        raise ValueError(f"{what}: audio must be numeric, got dtype {clip.dtype}")
+    clip = audio_lib.pcm_to_float(clip)
+    if clip.size == 0:
+        raise ValueError(f"{what}: audio is empty (shape {clip.shape})")
+    if not np.all(np.isfinite(clip)):
+        raise ValueError(f"{what}: audio contains NaN or infinite samples")
+    return clip
+
+
+def _as_channels_first(clip: np.ndarray, what: str) -> np.ndarray:
+    """One clip, [samples] or [channels, samples] -> [channels, samples]."""
+    if clip.ndim == 1:
+        return clip[None]
+    if clip.ndim != 2:
+        raise ValueError(f"{what}: a clip must be [samples] or [channels, samples], "
+                         f"got shape {clip.shape}")
+    if clip.shape[0] > MAX_CHANNELS:
+        raise ValueError(
+            f"{what}: shape {clip.shape} reads as {clip.shape[0]} channels; a clip is "
+            "[channels, samples] (transpose [samples, channels] audio), and a batch of mono "
+            "clips is [batch, 1, samples] or a list of 1-D arrays")
+    return clip
+
+
+def _split_input(audio) -> tuple[list[np.ndarray], str]:
+    """-> (clips as [channels, samples], layout): 'single', 'array' (rank-3 batch) or 'list'."""
+    if isinstance(audio, (list, tuple)):
+        if not audio:
+            raise ValueError("audio: empty batch (an empty list)")
+        return [_as_channels_first(_as_audio_array(c, f"audio[{i}]"), f"audio[{i}]")
+                for i, c in enumerate(audio)], "list"
+    array = _as_audio_array(audio, "audio")
+    if array.ndim in (1, 2):
+        return [_as_channels_first(array, "audio")], "single"
+    if array.ndim == 3:
+        return [_as_channels_first(c, f"audio[{i}]") for i, c in enumerate(array)], "array"
+    raise ValueError(f"audio: expected [samples], [channels, samples], [batch, channels, samples] "
+                     f"or a list of clips, got shape {array.shape}")
+
+
+def _bucket(n: int, cap: int | None = None) -> int:
+    """The smallest power of two >= n (capped)."""
+    size = 1 << max(n - 1, 0).bit_length()
+    return min(size, cap) if cap else size
+
+
+@dataclasses.dataclass
+class _Segment:
+    """One encoder input: standardised samples (unpadded), which clip, and its first sample."""
+
+    samples: np.ndarray  # [channels, length]
+    clip: int
+    start: int
+    frames: int          # real frames to keep
+
+
+class AudioEncoder:
+    """An encoder (front end + context encoder + final norm) with its parameters."""
+
+    def __init__(self, params: dict, config: dict, *, dtype: str | None = None,
+                 max_batch: int = 32):
+        self.config = config
+        model_config = export.build_model_config(config["model"])
+        if dtype is not None:
+            if dtype not in DTYPES:
+                raise ValueError(f"dtype={dtype!r} must be one of {sorted(DTYPES)}")
+            model_config.dtype = dtype
+        else:
+            model_config.dtype = "float32"
+        model = WavJEPA.from_config(model_config)
+        self.frontend, self.encoder = model.frontend, model.encoder
+        self.params = jax.device_put({"frontend": params["frontend"], "encoder": params["encoder"]})
+        audio = config["audio"]
+        self.sample_rate = int(audio["sample_rate"])
+        self.chunk_samples = int(audio["chunk_samples"])
+        self.rms_dbfs = float(audio["rms_dbfs"])
+        self.in_channels = int(audio["in_channels"])
+        self.conv_layers = [tuple(layer) for layer in config["model"]["conv_layers"]]
+        self.receptive_field, self.hop = receptive_field(self.conv_layers)
+        self.embedding_size = int(config["model"]["encoder_width"])
+        self.frame_rate = self.sample_rate / self.hop
+        self.max_batch = max_batch
+        self._forward = jax.jit(self.apply)
+
+    @classmethod
+    def random_init(cls, config: dict, seed: int = 0, **kwargs) -> "AudioEncoder":
+        """An untrained encoder of the same architecture: the baseline every probe must beat."""
+        import flax.linen as nn
+        model = WavJEPA.from_config(export.build_model_config(config["model"]))
+        samples = int(config["audio"]["chunk_samples"])
+        channels = int(config["audio"]["in_channels"])
+        audio = jnp.zeros((1, samples) if channels == 1 else (1, samples, channels))
+        rng_front, rng_enc = jax.random.split(jax.random.PRNGKey(seed))
+        tokens = jnp.zeros((1, 4, int(config["model"]["encoder_width"])))
+        params = {"frontend": model.frontend.init(rng_front, audio)["params"],
+                  "encoder": model.encoder.init(rng_enc, tokens)["params"]}
+        config = {**config, "source": {"kind": "random_init", "seed": seed}}
+        return cls(nn.meta.unbox(params), config, **kwargs)
+
+    # --- the pure function ------------------------------------------------------------------
+
+    def apply(self, params: dict, audio: jax.Array, valid: jax.Array | None = None) -> jax.Array:
+        """Frame embeddings [batch, frames, width] of prepared audio: [batch, samples] (or
+        [batch, samples, channels] for a multi-channel front end), already standardised.
+        valid [batch, frames] (False = padding) hides frames from attention."""
+        tokens = self.frontend.apply({"params": params["frontend"]}, audio)
+        return self.encoder.apply({"params": params["encoder"]}, tokens, valid)
+
+    # --- audio in, embeddings out -------------------------------------------------------------
+
+    def embed(self, audio, sample_rate: int, *, window: bool = True):
+        """Frame embeddings of one clip, a batch array or a list of clips.
+
+        audio: [samples] or [channels, samples] (one clip) -> Embeddings([frames, width],
+        [frames]); [batch, channels, samples] -> Embeddings([batch, frames, width],
+        [batch, frames]); a list of clips (any lengths) -> a list of Embeddings.
+        Any sample rate (resampled), any channel count (mixed to mono for a mono front end).
+        window: encode in 2.01 s chunks as the release does (default), or each clip whole.
+        """
+        clips, layout = _split_input(audio)
+        if isinstance(sample_rate, bool) or not (isinstance(sample_rate, (int, np.integer, float))
+                                                 and sample_rate > 0
+                                                 and int(sample_rate) == sample_rate):
+            raise ValueError(f"sample_rate must be a positive integer, got {sample_rate!r}")
+        clips = [self._prepare(clip, int(sample_rate)) for clip in clips]
+        segments = [s for i, c in enumerate(clips) for s in self._segments(c, i, window)]
+        parts: list[list] = [[] for _ in clips]
+        for seg, out in zip(segments, self._run(segments, window)):
+            parts[seg.clip].append((seg, out))
+        results = []
+        for clip_parts in parts:
+            frames = np.concatenate([out for _, out in clip_parts])
+            times = np.concatenate([
+                (seg.start + self.hop * np.arange(seg.frames) + self.receptive_field / 2)
+                / self.sample_rate for seg, _ in clip_parts])
+            results.append(Embeddings(frames, times))
+        if layout == "single":
+            return results[0]
+        if layout == "array":
+            return Embeddings(np.stack([r.frames for r in results]),
+                              np.stack([r.timestamps for r in results]))
+        return results
+
+    def embed_clip(self, audio, sample_rate: int, *, window: bool = True) -> np.ndarray:
+        """One vector per clip, the mean of its frame embeddings: [width] for one clip,
+        [batch, width] for a batch array or a list."""
+        out = self.embed(audio, sample_rate, window=window)
+        if isinstance(out, list):
+            return np.stack([e.frames.mean(axis=0) for e in out])
+        return out.frames.mean(axis=-2)
+
+    # --- internals ----------------------------------------------------------------------------
+
+    def _prepare(self, clip: np.ndarray, sample_rate: int) -> np.ndarray:
+        if self.in_channels == 1:
+            clip = audio_lib.to_mono(clip)
+        else:
+            try:
+                clip = audio_lib.to_channels(clip, self.in_channels)
+            except audio_lib.BadAudio as e:
+                raise ValueError(str(e)) from e
+        clip = audio_lib.resample(clip, sample_rate, self.sample_rate)
+        return audio_lib.rms_normalise(clip, self.rms_dbfs)
+
+    def _segments(self, clip: np.ndarray, index: int, window: bool) -> list[_Segment]:
+        length = clip.shape[1]
+        step = self.chunk_samples if window else length
+        segments = []
+        for start in range(0, length, step):
+            piece = clip[:, start:start + step]
+            frames = num_frames(piece.shape[1], self.conv_layers)
+            if frames or not segments and start + step >= length:
+                # A clip shorter than one receptive field still gets one (zero-padded) frame.
+                segments.append(_Segment(audio_lib.standardise(piece), index, start,
+                                         max(frames, 1)))
+        return segments
+
+    def _run(self, segments: list[_Segment], window: bool) -> list[np.ndarray]:
+        """Encode segments in bucketed batches; returns each segment's real frames."""
+        outputs: list[np.ndarray | None] = [None] * len(segments)
+        groups: dict[int, list[int]] = {}
+        for i, seg in enumerate(segments):
+            if window:
+                length = self.chunk_samples
+            else:
+                length = self.chunk_samples * _bucket(math.ceil(seg.samples.shape[1]
+                                                                / self.chunk_samples))
+            length = max(length, self.receptive_field)
+            groups.setdefault(length, []).append(i)
+        for length, members in groups.items():
+            frames = num_frames(length, self.conv_layers)
+            cap = max(1, self.max_batch * self.chunk_samples // length)
+            for first in range(0, len(members), cap):
+                batch = members[first:first + cap]
+                size = _bucket(len(batch), cap)
+                audio = np.zeros((size, self.in_channels, length), np.float32)
+                valid = np.zeros((size, frames), bool)
+                for row, i in enumerate(batch):
+                    seg = segments[i]
+                    audio[row, :, :seg.samples.shape[1]] = seg.samples
+                    valid[row, :seg.frames] = True
+                valid[len(batch):, 0] = True  # Filler rows: keep one key so softmax stays finite.
+                audio = audio[:, 0] if self.in_channels == 1 else audio.transpose(0, 2, 1)
+                out = np.asarray(self._forward(self.params, audio, valid), np.float32)
+                for row, i in enumerate(batch):
+                    outputs[i] = out[row, :segments[i].frames]
+        return outputs
+
+
+def load_encoder(directory: str | os.PathLike, *, dtype: str | None = None,
+                 max_batch: int = 32) -> AudioEncoder:
+    """An exported encoder (python -m wavjepa_jax.export / convert) ready to embed audio.
+
+    dtype: compute dtype ("float32", default, or "bfloat16"); parameters stay float32.
+    max_batch: chunks per forward pass (memory vs speed).
+    """
+    params, config = export.load_exported(os.fspath(directory))
+    return AudioEncoder(params, config, dtype=dtype, max_batch=max_batch)
+
+
+__all__: Sequence[str] = ("AudioEncoder", "Embeddings", "load_encoder")
