@@ -81,8 +81,9 @@ def check_audio(audio: np.ndarray) -> np.ndarray:
 
 
 def rms(audio: np.ndarray) -> float:
-    """Root mean square over all channels and samples."""
-    return float(np.sqrt(np.mean(np.square(audio, dtype=np.float64))))
+    """Root mean square over all channels and samples (a BLAS dot: no temporary array)."""
+    flat = np.ascontiguousarray(audio, dtype=np.float32).ravel()
+    return float(np.sqrt(np.dot(flat, flat) / max(flat.size, 1)))
 
 
 def to_mono(audio: np.ndarray) -> np.ndarray:
@@ -135,6 +136,6 @@ def random_crops(audio: np.ndarray, num_crops: int, crop_samples: int,
 def standardise(crop: np.ndarray) -> np.ndarray:
     """Zero mean and unit variance over the whole crop (all channels, so level differences
     between the ears survive); the eps keeps an all-zero crop at zero."""
-    centred = crop - crop.mean(dtype=np.float64)
-    return (centred / np.sqrt(np.mean(np.square(centred, dtype=np.float64)) + STANDARDISE_EPS)
-            ).astype(np.float32)
+    crop = np.asarray(crop, np.float32)
+    centred = crop - crop.mean(dtype=np.float32)
+    return centred / np.float32(np.sqrt(rms(centred) ** 2 + STANDARDISE_EPS))
