@@ -59,11 +59,18 @@ def abstract_boxed_params(model: WavJEPA, config: ml_collections.ConfigDict):
                           jax.random.PRNGKey(0))
 
 
+def strip_axis_metadata(boxed_tree):
+    """The values inside nn.LogicallyPartitioned boxes, without applying sharding constraints
+    (so it also works eagerly on abstract values while a mesh is set)."""
+    return jax.tree.map(lambda x: x.unbox(apply_constraint=False), boxed_tree,
+                        is_leaf=lambda x: isinstance(x, nn.Partitioned))
+
+
 def state_shardings(model: WavJEPA, config, mesh, optimizer):
     """NamedShardings of every TrainState leaf, and the abstract (unboxed) state."""
     boxed = abstract_boxed_params(model, config)
     param_shardings = sharding.logical_shardings(boxed, mesh)
-    abstract_params = nn.meta.unbox(boxed)
+    abstract_params = strip_axis_metadata(boxed)
     sharding.check_divisible_params(abstract_params, param_shardings)
     abstract_opt = jax.eval_shape(optimizer.init, abstract_params)
     opt_shardings = optax.tree_map_params(

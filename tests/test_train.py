@@ -1,0 +1,182 @@
+import json
+import math
+import os
+import subprocess
+import sys
+
+import flax.linen as nn
+import jax
+import numpy as np
+import pytest
+
+from wavjepa_jax import configuration, sharding, train
+from wavjepa_jax.train_state import (create_train_state, ema_decay_schedule,
+                                     learning_rate_schedule)
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+RELEASE_GFLOPS_PER_CROP = 269.0
+
+
+def tiny_config(**mesh):
+    import importlib.util
+    spec = importlib.util.spec_from_file_location("tiny", os.path.join(REPO, "configs/tiny.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    config = module.get_config()
+    config.batch_size = 8
+    config.data.crops_per_clip = 4
+    config.mesh.update(data=mesh.get("data", -1), fsdp=mesh.get("fsdp", 1),
+                       tensor=mesh.get("tensor", 1))
+    return config
+
+
+def run_steps(config, devices, batches):
+    """Train on fixed batches under a mesh over `devices`; return losses and the final state."""
+    mesh = sharding.make_mesh(config, devices)
+    training = train.build(config, mesh)
+    with jax.set_mesh(mesh), nn.logical_axis_rules(sharding.LOGICAL_RULES):
+        state = create_train_state(training.model, config, training.optimizer, training.shardings)
+        losses = []
+        for audio in batches:
+            state, metrics = training.train_step(state, train.global_batch(audio, mesh))
+            losses.append(float(metrics["loss"]))
+    return losses, state
+
+
+@pytest.fixture(scope="module")
+def batches():
+    rng = np.random.default_rng(0)
+    return [rng.standard_normal((8, 32_160)).astype(np.float32) for _ in range(5)]
+
+
+@pytest.fixture(scope="module")
+def single_device_run(batches):
+    return run_steps(tiny_config(), jax.devices()[:1], batches)
+
+
+@pytest.mark.parametrize("mesh", [dict(data=8), dict(data=2, fsdp=4),
+                                  dict(data=2, fsdp=2, tensor=2)], ids=str)
+def test_meshes_give_the_same_losses_as_one_device(mesh, batches, single_device_run):
+    assert len(jax.devices()) == 8
+    losses, state = run_steps(tiny_config(**mesh), jax.devices(), batches)
+    # Same math, different reduction orders across shards: float32 round-off only.
+    np.testing.assert_allclose(losses, single_device_run[0], rtol=2e-4)
+
+    conv = state.params["frontend"]["conv"]["conv_1"]["kernel"]           # [k, in, conv_out]
+    qkv = state.target_params["transformer"]["blocks"]["attention"]["query_kernel"]
+    adam_mu = state.opt_state[1][0].mu["encoder"]["transformer"]["blocks"]["mlp"]["fc1"]["kernel"]
+    for array in (conv, qkv, adam_mu):
+        assert len(array.sharding.device_set) == 8
+    if mesh.get("fsdp", 1) > 1:
+        assert not conv.sharding.is_fully_replicated
+        assert conv.addressable_shards[0].data.shape[-1] == 32 // mesh["fsdp"]
+        assert qkv.sharding.spec[1] == "fsdp"               # [layers, embed, heads, kv]
+    if mesh.get("tensor", 1) > 1:
+        assert qkv.sharding.spec[2] == "tensor"
+        assert adam_mu.sharding.spec[2] == "tensor"         # [layers, embed, mlp]
+
+
+def test_ema_update_is_exact():
+    config = tiny_config()
+    mesh = sharding.make_mesh(config, jax.devices()[:1])
+    training = train.build(config, mesh)
+    audio = np.random.default_rng(1).standard_normal((8, 32_160)).astype(np.float32)
+    with jax.set_mesh(mesh), nn.logical_axis_rules(sharding.LOGICAL_RULES):
+        state = create_train_state(training.model, config, training.optimizer, training.shardings)
+        state, _ = training.train_step(state, audio)          # Params and target now differ.
+        before = jax.device_get(state.target_params)
+        step = int(state.step)
+        state, metrics = training.train_step(state, audio)
+    decay = float(ema_decay_schedule(config.ema)(step))
+    assert float(metrics["ema_decay"]) == pytest.approx(decay)
+    after = jax.device_get(state.target_params)
+    online = jax.device_get(state.params["encoder"])
+    assert jax.tree.structure(after) == jax.tree.structure(online)
+    for t_before, t_after, p in zip(*map(jax.tree.leaves, (before, after, online))):
+        np.testing.assert_allclose(t_after, decay * t_before + (1 - decay) * p, rtol=1e-6,
+                                   atol=1e-7)
+    assert any(not np.allclose(a, p) for a, p in zip(jax.tree.leaves(after),
+                                                      jax.tree.leaves(online)))
+
+
+def test_learning_rate_schedule_closed_form():
+    config = configuration.default_config()
+    lr = learning_rate_schedule(config.optim, config.total_steps)
+    peak, warmup, total = 4e-4, 100_000, 375_000
+    assert float(lr(0)) == 0.0
+    assert float(lr(50_000)) == pytest.approx(peak / 2)
+    assert float(lr(warmup)) == pytest.approx(peak)
+    for step in (150_000, 237_500, 300_000):
+        cosine = 0.5 * peak * (1 + math.cos(math.pi * (step - warmup) / (total - warmup)))
+        assert float(lr(step)) == pytest.approx(cosine, rel=1e-5)
+    assert float(lr(total)) == pytest.approx(0.0, abs=1e-12)
+
+
+def test_ema_decay_schedule_closed_form():
+    ema = configuration.default_config().ema
+    decay = ema_decay_schedule(ema)
+    assert float(decay(0)) == pytest.approx(0.999)
+    assert float(decay(50_000)) == pytest.approx(0.999 + 0.5 * (0.99999 - 0.999))
+    assert float(decay(100_000)) == pytest.approx(0.99999)
+    assert float(decay(300_000)) == pytest.approx(0.99999)
+
+
+def test_batch_not_divisible_by_the_data_axes_is_refused():
+    config = tiny_config(data=8)
+    config.batch_size = 12
+    mesh = sharding.make_mesh(config)
+    with pytest.raises(ValueError, match=r"batch_size=12 .*data x fsdp"):
+        sharding.check_batch_divisible(config, mesh)
+
+
+def test_mesh_larger_than_the_devices_is_refused():
+    with pytest.raises(ValueError, match=r"mesh=.*16 devices but 8 are available"):
+        sharding.make_mesh(tiny_config(data=4, fsdp=4))
+
+
+def test_model_widths_that_do_not_divide_the_mesh_are_refused():
+    config = tiny_config(data=1, fsdp=1, tensor=8)       # 4 heads cannot split 8 ways.
+    with pytest.raises(ValueError, match=r"cannot be split 8 ways"):
+        train.build(config, sharding.make_mesh(config))
+
+
+def cli(*args, devices=1, timeout=600):
+    env = dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}",
+               JAX_PLATFORMS="cpu")
+    return subprocess.run([sys.executable, "-m", "wavjepa_jax.train", *args], cwd=REPO, env=env,
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def test_unknown_override_key_stops_at_start_up(tmp_path):
+    result = cli("--config", "configs/tiny.py", "--workdir", str(tmp_path),
+                 "--config.no_such_leaf=3")
+    assert result.returncode != 0
+    assert "no_such_leaf" in result.stderr
+
+
+def test_cli_tiny_run_writes_metrics_and_the_loss_falls(tmp_path):
+    result = cli("--config", "configs/tiny.py", "--workdir", str(tmp_path),
+                 "--config.total_steps=40", "--config.log_every=5", "--config.batch_size=8",
+                 "--config.data.clip_seconds=2.5")
+    assert result.returncode == 0, result.stderr[-3000:]
+    records = [json.loads(line) for line in open(tmp_path / "metrics.jsonl")]
+    losses = [r["loss"] for r in records]
+    assert [r["step"] for r in records] == list(range(5, 41, 5))
+    assert all(np.isfinite(losses)) and losses[-1] < 0.7 * losses[0]
+    for key in ("learning_rate", "ema_decay", "grad_norm", "audio_sec_per_sec",
+                "audio_sec_per_sec_per_device", "target_std", "context_std", "effective_rank"):
+        assert key in records[-1]
+    assert any(name.startswith("events") for name in os.listdir(tmp_path / "tb"))
+    assert "step 40/40" in result.stdout
+
+
+def test_dry_run_reports_base_parameters_and_half_the_release_flops(tmp_path):
+    result = cli("--config", "configs/base.py", "--workdir", str(tmp_path), "--dry_run",
+                 "--config.batch_size=8")
+    assert result.returncode == 0, result.stderr[-3000:]
+    summary = json.load(open(tmp_path / "summary.json"))
+    assert summary["params"]["trainable_total"] == pytest.approx(111e6, rel=0.01)
+    assert summary["memory_per_device_bytes"] > 0
+    per_crop = summary["flops_per_step"] / summary["batch_size"]
+    assert per_crop <= 0.5 * RELEASE_GFLOPS_PER_CROP * 1e9
+    assert per_crop >= 0.3 * RELEASE_GFLOPS_PER_CROP * 1e9   # Sanity: the count is complete.
