@@ -142,13 +142,13 @@ class AudioEncoder:
         """An untrained encoder of the same architecture: the baseline every probe must beat."""
         import flax.linen as nn
         model = WavJEPA.from_config(export.build_model_config(config["model"]))
-        samples = int(config["audio"]["chunk_samples"])
+        samples, _ = receptive_field(config["model"]["conv_layers"])  # One frame suffices.
         channels = int(config["audio"]["in_channels"])
         audio = jnp.zeros((1, samples) if channels == 1 else (1, samples, channels))
         rng_front, rng_enc = jax.random.split(jax.random.PRNGKey(seed))
         tokens = jnp.zeros((1, 4, int(config["model"]["encoder_width"])))
-        params = {"frontend": model.frontend.init(rng_front, audio)["params"],
-                  "encoder": model.encoder.init(rng_enc, tokens)["params"]}
+        params = {"frontend": jax.jit(model.frontend.init)(rng_front, audio)["params"],
+                  "encoder": jax.jit(model.encoder.init)(rng_enc, tokens)["params"]}
         config = {**config, "source": {"kind": "random_init", "seed": seed}}
         return cls(nn.meta.unbox(params), config, **kwargs)
 

@@ -174,41 +174,56 @@ def save_encoder(out_dir: str, params: dict, model_config, *, sample_rate: int,
         f.write("\n")
 
 
-def load_exported(directory: str) -> tuple[dict, dict]:
-    """(params {'frontend', 'encoder'} as NumPy, config dict) of an exported encoder."""
-    config_path = os.path.join(directory, CONFIG_FILE)
-    weights_path = os.path.join(directory, WEIGHTS_FILE)
-    for path in (config_path, weights_path):
-        if not os.path.isfile(path):
-            raise FileNotFoundError(f"{path} not found: {directory!r} is not an exported encoder "
-                                    "(see python -m wavjepa_jax.export --help)")
-    with open(config_path) as f:
+def _existing(directory: str, name: str) -> str:
+    path = os.path.join(directory, name)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"{path} not found: {directory!r} is not an exported encoder "
+                                "(see python -m wavjepa_jax.export --help)")
+    return path
+
+
+def read_config(directory: str) -> dict:
+    """The config.json of an exported encoder, checked for format and version."""
+    path = _existing(directory, CONFIG_FILE)
+    with open(path) as f:
         config = json.load(f)
     if config.get("format") != FORMAT:
-        raise ValueError(f"{config_path}: format {config.get('format')!r} is not {FORMAT!r}")
+        raise ValueError(f"{path}: format {config.get('format')!r} is not {FORMAT!r}")
     if config.get("format_version", 0) > FORMAT_VERSION:
-        raise ValueError(f"{config_path}: format_version {config['format_version']} is newer "
+        raise ValueError(f"{path}: format_version {config['format_version']} is newer "
                          f"than this code's ({FORMAT_VERSION}); upgrade wavjepa_jax")
-    tensors, _ = read_safetensors(weights_path)
+    return config
+
+
+def load_exported(directory: str) -> tuple[dict, dict]:
+    """(params {'frontend', 'encoder'} as NumPy, config dict) of an exported encoder."""
+    config = read_config(directory)
+    tensors, _ = read_safetensors(_existing(directory, WEIGHTS_FILE))
     return unflatten(tensors), config
 
 
 # --- from a training run ----------------------------------------------------------------------
 
-def restore_run(workdir: str, step: int | None = None):
-    """(params, training config, step) of a run's checkpoint (the latest when step is None)."""
-    from wavjepa_jax import checkpoint
-    return checkpoint.restore_params(workdir, step)
+def export_run(workdir: str, out_dir: str, step: int | None = None,
+               encoder: str = "context") -> dict:
+    """Export the encoder of `workdir`'s checkpoint (the latest when step is None); returns the
+    written config.
 
-
-def export_run(workdir: str, out_dir: str, step: int | None = None) -> dict:
-    """Export the encoder of `workdir`'s checkpoint; returns the written config."""
-    params, config, step = restore_run(workdir, step)
-    save_encoder(out_dir, params, config.model, sample_rate=config.data.sample_rate,
-                 chunk_samples=config.data.crop_samples,
+    encoder="context" (default) is the online context encoder, whose output the release uses
+    downstream; "target" is its EMA copy (same front end; the EMA never updates the front end).
+    """
+    from wavjepa_jax import checkpoint  # Orbax and Grain: needed here only.
+    if encoder not in ("context", "target"):
+        raise ValueError(f"encoder={encoder!r} must be 'context' or 'target'")
+    step, state, config = checkpoint.load_state_arrays(workdir, step)
+    params = state["params"]
+    weights = params["encoder"] if encoder == "context" else state["target_params"]
+    save_encoder(out_dir, {"frontend": params["frontend"], "encoder": weights},
+                 config["model"], sample_rate=config["data"]["sample_rate"],
+                 chunk_samples=config["data"]["crop_samples"],
                  source={"kind": "training_run", "workdir": os.path.abspath(workdir),
-                         "step": int(step)})
-    return load_exported(out_dir)[1]
+                         "step": int(step), "encoder": encoder})
+    return read_config(out_dir)
 
 
 def main(argv=None) -> None:
@@ -219,8 +234,11 @@ def main(argv=None) -> None:
     parser.add_argument("--out", required=True, help="Directory to write the encoder into.")
     parser.add_argument("--step", type=int, default=None,
                         help="Checkpoint step to export (default: the latest).")
+    parser.add_argument("--target", action="store_true",
+                        help="Export the EMA target encoder instead of the context encoder.")
     args = parser.parse_args(argv)
-    config = export_run(args.workdir, args.out, args.step)
+    config = export_run(args.workdir, args.out, args.step,
+                        encoder="target" if args.target else "context")
     print(f"exported step {config['source']['step']} of {args.workdir} to {args.out}: "
           f"{json.dumps(config['model'])}")
 
