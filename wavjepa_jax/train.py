@@ -11,11 +11,13 @@ loop (step, metrics, checkpoints) -> final checkpoint.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
 import sys
 import time
+from typing import Callable, NamedTuple
 
 import flax.linen as nn
 import jax
@@ -23,10 +25,11 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from wavjepa_jax import configuration, distributed, sharding
+from wavjepa_jax import checkpoint, configuration, distributed, sharding
 from wavjepa_jax.metrics import MetricWriter, Progress
 from wavjepa_jax.model import WavJEPA
-from wavjepa_jax.train_state import create_train_state, make_optimizer, state_shardings
+from wavjepa_jax.train_state import (TrainState, create_train_state, ema_update,
+                                     make_optimizer, shard_map_ema_update, state_shardings)
 from wavjepa_jax.train_step import jit_train_step, make_train_step
 
 log = logging.getLogger("wavjepa_jax")
@@ -83,6 +86,26 @@ def global_batch(local_audio: np.ndarray, mesh) -> jax.Array:
         sharding.batch_sharding(mesh, local_audio.ndim), local_audio)
 
 
+class Training(NamedTuple):
+    model: WavJEPA
+    optimizer: optax.GradientTransformation
+    shardings: TrainState            # NamedSharding per leaf
+    abstract_state: TrainState       # ShapeDtypeStruct per leaf
+    train_step: Callable             # jitted (state, audio) -> (state, metrics)
+
+
+def build(config: ml_collections.ConfigDict, mesh) -> Training:
+    """Model, optimiser, state shardings and the jitted step for `config` on `mesh`."""
+    model = WavJEPA.from_config(config.model)
+    optimizer = make_optimizer(config)
+    shardings, abstract_state = state_shardings(model, config, mesh, optimizer)
+    ema_fn = (shard_map_ema_update(mesh, shardings.target_params) if config.ema.shard_map
+              else ema_update)
+    step = make_train_step(model, config, optimizer, ema_update_fn=ema_fn)
+    train_step = jit_train_step(step, shardings, mesh)
+    return Training(model, optimizer, shardings, abstract_state, train_step)
+
+
 def run(config: ml_collections.ConfigDict, workdir: str, dry_run: bool = False) -> dict:
     """Train (or, with dry_run, compile and summarise) under `config`, writing into `workdir`."""
     configuration.validate(config)
@@ -95,16 +118,13 @@ def run(config: ml_collections.ConfigDict, workdir: str, dry_run: bool = False) 
     log.info("mesh %s over %d devices, %d processes", dict(mesh.shape), jax.device_count(),
              jax.process_count())
 
-    model = WavJEPA.from_config(config.model)
-    optimizer = make_optimizer(config)
-    shardings, abstract_state = state_shardings(model, config, mesh, optimizer)
-    train_step = jit_train_step(make_train_step(model, config, optimizer), shardings, mesh)
+    model, optimizer, shardings, abstract_state, train_step = build(config, mesh)
 
     with jax.set_mesh(mesh), nn.logical_axis_rules(sharding.LOGICAL_RULES):
         if dry_run:
             return _dry_run(config, workdir, mesh, train_step, abstract_state, is_chief)
-        return _train_loop(config, workdir, mesh, model, optimizer, shardings, train_step,
-                           is_chief)
+        return _train_loop(config, workdir, mesh, model, optimizer, shardings, abstract_state,
+                           train_step, is_chief)
 
 
 def _compile(train_step, abstract_state, config, mesh):
@@ -124,10 +144,7 @@ def _dry_run(config, workdir, mesh, train_step, abstract_state, is_chief) -> dic
     if config.model.scan_layers:
         unrolled = ml_collections.ConfigDict(config.to_dict())
         unrolled.model.scan_layers = False
-        model = WavJEPA.from_config(unrolled.model)
-        optimizer = make_optimizer(unrolled)
-        shardings, abstract = state_shardings(model, unrolled, mesh, optimizer)
-        step = jit_train_step(make_train_step(model, unrolled, optimizer), shardings, mesh)
+        *_, abstract, step = build(unrolled, mesh)
         flops = compiled_summary(_compile(step, abstract, unrolled, mesh), unrolled, abstract)
         summary.update(flops_per_step=flops["flops_per_step"],
                        flops_per_crop=flops["flops_per_crop"])
@@ -138,19 +155,33 @@ def _dry_run(config, workdir, mesh, train_step, abstract_state, is_chief) -> dic
     return summary
 
 
-def _train_loop(config, workdir, mesh, model, optimizer, shardings, train_step, is_chief):
+def _train_loop(config, workdir, mesh, model, optimizer, shardings, abstract_state, train_step,
+                is_chief):
+    """Resume (or start), then step to total_steps: metrics, skipped steps, checkpoints.
+
+    SIGTERM (or a preemption notice) saves the step just taken and returns normally.
+    """
     from wavjepa_jax import data  # Imported here so --dry_run needs no data dependencies.
 
-    state = create_train_state(model, config, optimizer, shardings)
+    if is_chief:
+        checkpoint.write_config(workdir, config)
     data_iter = data.make_train_iterator(config, process_index=jax.process_index(),
                                          process_count=jax.process_count())
-    writer = MetricWriter(workdir, enabled=is_chief)
-    first_step = int(state.step)
-    progress = Progress(config.total_steps, first_step)
-    audio_seconds = config.batch_size * config.data.crop_samples / config.data.sample_rate
-    skipped_files, last_log_time, last_log_step = 0, time.time(), first_step
-    metrics = {}
-    try:
+    with (checkpoint.StopSignal() as stop,
+          checkpoint.Checkpointer(workdir, config) as checkpoints,
+          contextlib.closing(MetricWriter(workdir, enabled=is_chief)) as writer):
+        state = checkpoints.restore_latest(checkpoint.with_shardings(abstract_state, shardings),
+                                           data_iter)
+        if state is None:
+            log.info("starting fresh: no checkpoint in %s", checkpoints.directory)
+            state = create_train_state(model, config, optimizer, shardings)
+        else:
+            log.info("resumed from step %d", int(state.step))
+        first_step = int(state.step)
+        progress = Progress(config.total_steps, first_step)
+        audio_seconds = config.batch_size * config.data.crop_samples / config.data.sample_rate
+        skipped_files, last_log_time, last_log_step = 0, time.time(), first_step
+        metrics = {}
         for step in range(first_step, config.total_steps):
             batch = next(data_iter)
             skipped_files += int(batch.get("skipped_files", 0))
@@ -167,15 +198,36 @@ def _train_loop(config, workdir, mesh, model, optimizer, shardings, train_step, 
                 if is_chief:
                     print(progress.line(done, metrics), flush=True)
                 last_log_time, last_log_step = time.time(), done
-                if metrics["bad_steps"] >= config.max_bad_steps:
-                    raise TrainingError(
-                        f"{int(metrics['bad_steps'])} consecutive steps with non-finite loss or "
-                        f"gradients (max_bad_steps={config.max_bad_steps}); stopping at step "
-                        f"{done}. Parameters were left at the last finite step.")
-    finally:
-        writer.close()
+            _check_finite(config, done, metrics)
+            stopping = stop.requested or checkpoints.reached_preemption(done)
+            checkpoints.save(done, state, data_iter, force=stopping or done == config.total_steps)
+            if stopping:
+                log.warning("stop requested (SIGTERM or preemption): saved step %d in %s; "
+                            "exiting. Run the same command again to continue.", done,
+                            checkpoints.directory)
+                break
     return {k: np.asarray(v).item() for k, v in jax.device_get(metrics).items()
             if np.ndim(v) == 0}
+
+
+def _check_finite(config, done, metrics) -> None:
+    """Log a skipped (non-finite) step; stop the run after max_bad_steps of them in a row.
+
+    Fetches two scalars every step: a device sync per step, the price of stopping at the exact step.
+    A skipped step leaves params, EMA target and optimizer state as they were, so checkpoints saved
+    during a bad streak hold the last good weights; no further one is saved once this raises.
+    """
+    bad_steps, skipped_steps = map(int, jax.device_get(
+        (metrics["bad_steps"], metrics["skipped_steps"])))
+    if bad_steps == 0:
+        return
+    log.warning("step %d skipped: non-finite loss or gradients (%d in a row, %d in total)",
+                done, bad_steps, skipped_steps)
+    if bad_steps >= config.max_bad_steps:
+        raise TrainingError(
+            f"{bad_steps} consecutive steps with non-finite loss or gradients "
+            f"(max_bad_steps={config.max_bad_steps}); stopping at step {done}. Parameters were "
+            "left at the last finite step; the checkpoints in the workdir are intact.")
 
 
 def main(argv) -> None:

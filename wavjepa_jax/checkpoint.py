@@ -1,0 +1,218 @@
+"""Checkpoints with Orbax: the whole TrainState and the Grain iterator, so a run resumes exactly.
+
+    WORKDIR/config.json                        this run's config (process 0, at start)
+    WORKDIR/checkpoints/<step>/state/          every TrainState array (Orbax OCDBT + zarr)
+    WORKDIR/checkpoints/<step>/data/           process_<i>-of-<n>.json: each host's Grain state
+    WORKDIR/checkpoints/<step>/config/         the config that wrote this step, as JSON
+    WORKDIR/checkpoints/<step>.orbax-checkpoint-tmp*   a save that never finished: never loaded
+    WORKDIR/unreadable_checkpoints/<step>-<t>/ a checkpoint that failed to load, set aside
+
+Arrays and JSON only, never pickle. Restoring places every array with the current run's
+shardings, so a run saved on one mesh resumes on another. See docs/checkpoints.md.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import threading
+import time
+
+import grain
+import jax
+import ml_collections
+import numpy as np
+import orbax.checkpoint as ocp
+from etils import epath
+from jax.experimental import multihost_utils
+
+log = logging.getLogger("wavjepa_jax")
+
+CHECKPOINTS = "checkpoints"
+UNREADABLE = "unreadable_checkpoints"
+INCOMPLETE_SUFFIX = ".orbax-checkpoint-tmp"
+
+
+class CheckpointError(RuntimeError):
+    """Checkpoints exist but none of them can be restored."""
+
+
+def write_config(workdir: str, config: ml_collections.ConfigDict) -> None:
+    """WORKDIR/config.json, so export tools can rebuild the model without the checkpoint."""
+    with open(os.path.join(workdir, "config.json"), "w", encoding="utf-8") as f:
+        f.write(config.to_json(indent=2, sort_keys=True))
+
+
+def with_shardings(abstract_state, shardings):
+    """The abstract state with each leaf's target NamedSharding: what StandardRestore places into."""
+    return jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
+                        abstract_state, shardings)
+
+
+class Checkpointer:
+    """Saves every `config.checkpoint.every` steps (async), keeps the last `keep`, resumes from
+    the newest checkpoint that loads."""
+
+    def __init__(self, workdir: str, config: ml_collections.ConfigDict):
+        self.workdir = workdir
+        self.directory = epath.Path(workdir) / CHECKPOINTS
+        self.config_json = json.loads(config.to_json())
+        incomplete = sorted(p.name for p in self.directory.glob(f"*{INCOMPLETE_SUFFIX}*"))
+        if incomplete:
+            log.warning("ignoring incomplete checkpoint(s) %s in %s: a save that never finished "
+                        "(the process was killed while writing); removing them", incomplete,
+                        self.directory)
+        self.manager = ocp.CheckpointManager(self.directory, options=ocp.CheckpointManagerOptions(
+            max_to_keep=config.checkpoint.keep,
+            save_interval_steps=config.checkpoint.every,
+            enable_async_checkpointing=config.checkpoint.async_save,
+            cleanup_tmp_directories=True))
+
+    def restore_latest(self, abstract_state, data_iter: grain.DatasetIterator):
+        """The newest checkpoint's TrainState that loads (and `data_iter` set to its position),
+        or None when there is none.
+
+        `abstract_state` carries the target shardings (see `with_shardings`). A newer checkpoint
+        that fails to load is warned about and, once an older one has loaded, moved to
+        WORKDIR/unreadable_checkpoints so the run can write that step again. If none loads this
+        raises, leaving every checkpoint in place: a config that does not match them (another model
+        size, say) must not be mistaken for corruption.
+        """
+        steps = sorted(self.manager.all_steps(), reverse=True)
+        failed, error = [], None
+        for step in steps:
+            try:
+                restored = self.manager.restore(step, args=ocp.args.Composite(
+                    state=ocp.args.StandardRestore(abstract_state),
+                    data=grain.checkpoint.CheckpointRestore(data_iter),
+                    config=ocp.args.JsonRestore()))
+            except Exception as e:  # Any failure to read the step: try the one before.
+                restored, error = None, e
+                log.warning("checkpoint %s cannot be restored (%s: %s); trying an older one",
+                            self.directory / str(step), type(e).__name__, str(e)[:500])
+            if _on_every_process(restored is not None):
+                if failed:
+                    log.warning("restored step %d instead of the newer unreadable step(s) %s",
+                                step, failed)
+                    self._set_aside(failed)
+                _warn_config_changes(restored.config, self.config_json)
+                return restored.state
+            failed.append(step)
+        if failed:
+            raise CheckpointError(
+                f"none of the checkpoints {failed} in {self.directory} can be restored; the last "
+                f"error was {type(error).__name__}: {error}. If the config does not match them, "
+                "fix it; if they are damaged, move them away to start fresh.") from error
+        return None
+
+    def save(self, step: int, state, data_iter: grain.DatasetIterator,
+             force: bool = False) -> bool:
+        """Start saving `step` if it is a save step (or `force`); True if a save started.
+
+        Returns once the arrays are copied off the device, so `state` may then be donated; the
+        files are written in the background (config.checkpoint.async_save).
+        """
+        if step in self.manager.all_steps():
+            return False
+        return self.manager.save(step, force=force, args=ocp.args.Composite(
+            state=ocp.args.StandardSave(state),
+            data=grain.checkpoint.CheckpointSave(data_iter),
+            config=ocp.args.JsonSave(self.config_json)))
+
+    def reached_preemption(self, step: int) -> bool:
+        """True at the step every host agreed to stop at after a preemption notice (multi-host
+        jax.distributed jobs, e.g. TPU maintenance events); False in a single process."""
+        return self.manager.reached_preemption(step)
+
+    def close(self) -> None:
+        """Wait for the save in flight to be committed, then release the manager."""
+        self.manager.wait_until_finished()
+        self.manager.close()
+
+    def __enter__(self) -> Checkpointer:
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.close()
+
+    def _set_aside(self, steps) -> None:
+        if jax.process_index() == 0:
+            unreadable = epath.Path(self.workdir) / UNREADABLE
+            unreadable.mkdir(parents=True, exist_ok=True)
+            for step in steps:
+                destination = unreadable / f"{step}-{int(time.time())}"
+                (self.directory / str(step)).rename(destination)
+                log.warning("moved unreadable checkpoint %d to %s", step, destination)
+        if jax.process_count() > 1:
+            multihost_utils.sync_global_devices("wavjepa_jax:set_aside_unreadable_checkpoints")
+        self.manager.reload()
+
+
+class StopSignal:
+    """SIGTERM sets a flag; the training loop checks it after each step, saves and exits cleanly.
+
+    Installed only in single-process runs: under jax.distributed the preemption service handles
+    SIGTERM itself and makes every host stop at the same step (`Checkpointer.reached_preemption`),
+    which a per-host flag could not.
+    """
+
+    def __init__(self):
+        self.requested = False
+        self._previous = None
+
+    def __enter__(self) -> StopSignal:
+        if jax.process_count() == 1 and threading.current_thread() is threading.main_thread():
+            self._previous = signal.signal(signal.SIGTERM, self._handle)
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        if self._previous is not None:
+            signal.signal(signal.SIGTERM, self._previous)
+
+    def _handle(self, signum, frame) -> None:
+        del signum, frame
+        self.requested = True
+
+
+def _on_every_process(ok: bool) -> bool:
+    """True if `ok` holds on every process (hosts must agree on which step they restore)."""
+    if jax.process_count() == 1:
+        return ok
+    return bool(np.all(multihost_utils.process_allgather(np.int32(ok))))
+
+
+def _flatten(tree, prefix=""):
+    if isinstance(tree, dict):
+        return {k: v for key, sub in tree.items()
+                for k, v in _flatten(sub, f"{prefix}{key}.").items()}
+    return {prefix[:-1]: tree}
+
+
+def _warn_config_changes(saved: dict, current: dict) -> None:
+    """Resuming under a different config is allowed (another mesh, say); say what changed."""
+    saved, current = _flatten(saved), _flatten(current)
+    changed = {k: (saved.get(k), current.get(k)) for k in sorted(saved.keys() | current.keys())
+               if saved.get(k) != current.get(k)}
+    if changed:
+        log.warning("resuming with a config that differs from the checkpoint's: %s",
+                    ", ".join(f"{k}: {old!r} -> {new!r}" for k, (old, new) in changed.items()))
+
+
+def load_state_arrays(workdir: str, step: int | None = None):
+    """(step, TrainState as a nested dict of numpy arrays, config dict) from WORKDIR's newest (or
+    given) checkpoint, on any machine and device count: for export and inspection."""
+    directory = epath.Path(workdir) / CHECKPOINTS
+    handlers = {"state": ocp.StandardCheckpointHandler(), "config": ocp.JsonCheckpointHandler(),
+                "data": grain.checkpoint.CheckpointHandler()}
+    with ocp.CheckpointManager(directory, item_handlers=handlers) as manager:
+        step = manager.latest_step() if step is None else step
+        if step is None:
+            raise CheckpointError(f"no checkpoint in {directory}")
+        device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+        abstract = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device),
+                                manager.item_metadata(step).state)
+        restored = manager.restore(step, args=ocp.args.Composite(
+            state=ocp.args.StandardRestore(abstract), config=ocp.args.JsonRestore()))
+    return step, jax.device_get(restored.state), restored.config
