@@ -180,3 +180,15 @@ def test_dry_run_reports_base_parameters_and_half_the_release_flops(tmp_path):
     per_crop = summary["flops_per_step"] / summary["batch_size"]
     assert per_crop <= 0.5 * RELEASE_GFLOPS_PER_CROP * 1e9
     assert per_crop >= 0.3 * RELEASE_GFLOPS_PER_CROP * 1e9   # Sanity: the count is complete.
+
+
+def test_shard_map_ema_update_equals_the_jit_version(batches):
+    mesh = dict(data=2, fsdp=2, tensor=2)
+    plain_losses, plain = run_steps(tiny_config(**mesh), jax.devices(), batches[:3])
+    config = tiny_config(**mesh)
+    config.ema.shard_map = True
+    explicit_losses, explicit = run_steps(config, jax.devices(), batches[:3])
+    assert explicit_losses == plain_losses
+    for a, b in zip(jax.tree.leaves(plain.target_params), jax.tree.leaves(explicit.target_params)):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))   # Bitwise: same arithmetic.
+        assert a.sharding.is_equivalent_to(b.sharding, a.ndim)

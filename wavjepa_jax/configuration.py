@@ -104,7 +104,11 @@ def default_config() -> ml_collections.ConfigDict:
         lr=4e-4, warmup_steps=100_000, end_lr=0.0,
         b1=0.9, b2=0.98, eps=1e-6, weight_decay=0.04, clip_norm=5.0,
     ))
-    config.ema = ml_collections.ConfigDict(dict(start=0.999, end=0.99999, anneal_steps=100_000))
+    config.ema = ml_collections.ConfigDict(dict(
+        start=0.999, end=0.99999, anneal_steps=100_000,
+        shard_map=False,           # EMA update as explicit per-shard code (jax.shard_map); same
+                                   # result, see benchmarks/shard_map_ema.py for its speed.
+    ))
 
     # Device mesh: ICI sizes per axis, -1 = the rest; DCN sizes for multi-slice / multi-node.
     config.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1))

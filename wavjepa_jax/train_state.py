@@ -8,6 +8,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import optax
+from jax.sharding import PartitionSpec as P
 
 from wavjepa_jax import sharding
 from wavjepa_jax.model import WavJEPA
@@ -51,6 +52,18 @@ def make_optimizer(config: ml_collections.ConfigDict) -> optax.GradientTransform
 def ema_update(target_params, params, decay):
     """target <- decay * target + (1 - decay) * params, leaf by leaf (in float32)."""
     return jax.tree.map(lambda t, p: decay * t + (1.0 - decay) * p, target_params, params)
+
+
+def shard_map_ema_update(mesh, target_shardings):
+    """The EMA update as explicit per-shard code: each device blends its own FSDP/tensor shards of
+    target and online params, no collectives. Same result as `ema_update` under jit (whose
+    partitioner should produce the same thing); kept as the explicit, checkable version."""
+    specs = jax.tree.map(lambda s: s.spec, target_shardings)
+
+    def update(target_params, params, decay):
+        return jax.shard_map(ema_update, mesh=mesh, in_specs=(specs, specs, P()),
+                             out_specs=specs)(target_params, params, decay)
+    return update
 
 
 def abstract_boxed_params(model: WavJEPA, config: ml_collections.ConfigDict):

@@ -49,8 +49,12 @@ def fault_injection(config: ml_collections.ConfigDict):
 
 
 def make_train_step(model: WavJEPA, config: ml_collections.ConfigDict,
-                    optimizer: optax.GradientTransformation):
-    """The pure step function (state, audio [batch, samples]) -> (state, metrics)."""
+                    optimizer: optax.GradientTransformation, ema_update_fn=ema_update):
+    """The pure step function (state, audio [batch, samples]) -> (state, metrics).
+
+    `ema_update_fn(target, params, decay)` defaults to the plain tree map; the shard_map version
+    (`train_state.shard_map_ema_update`) is used when config.ema.shard_map is set.
+    """
     num_frames = frontend.num_frames(config.data.crop_samples, config.model.conv_layers)
     ema_decay = ema_decay_schedule(config.ema)
     learning_rate = learning_rate_schedule(config.optim, config.total_steps)
@@ -78,7 +82,7 @@ def make_train_step(model: WavJEPA, config: ml_collections.ConfigDict,
         updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
         decay = ema_decay(state.step)
-        target_params = ema_update(state.target_params, params["encoder"], decay)
+        target_params = ema_update_fn(state.target_params, params["encoder"], decay)
 
         keep_if_finite = lambda new, old: jax.tree.map(  # noqa: E731
             lambda n, o: jnp.where(finite, n, o), new, old)
