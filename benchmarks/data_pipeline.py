@@ -72,8 +72,8 @@ def main() -> None:
         wav = write_clips(os.path.join(scratch, "wav"), args.clips, "wav")
         flac = write_clips(os.path.join(scratch, "flac"), args.clips, "flac")
         shards = os.path.join(scratch, "shards")
-        prepare.prepare(sources.list_audio_files(wav), shards, num_shards=4, workers=2, sample_rate=16_000,
-                        progress=False)
+        prepare.prepare(sources.list_audio_files(wav), shards, num_shards=4, workers=2,
+                        sample_rate=16_000, progress=False)
         print(f"training consumes {tiny_demand:.2f} clips/s (tiny) and {base_demand:.2f} "
               f"clips/s (base)")
         print(f"{'source':<12} {'workers':>7} {'clips/s':>9} {'x tiny':>8} {'x base':>8}")

@@ -15,7 +15,7 @@ import numpy as np
 import soundfile
 import soxr
 
-# Formats libsndfile decodes here: WAV/WAVEX/RF64/W64, FLAC, Ogg Vorbis and Opus, MP3, AIFF, AU, CAF.
+# What libsndfile 1.2 decodes: WAV/WAVEX/RF64/W64, FLAC, Ogg Vorbis and Opus, MP3, AIFF, AU, CAF.
 AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg", ".opus", ".mp3", ".aif", ".aiff", ".au", ".caf",
                     ".w64", ".rf64")
 SILENCE_RMS = 1e-5         # About -100 dBFS: below this a clip carries nothing to learn from.
@@ -64,7 +64,8 @@ def pcm_to_float(samples: np.ndarray) -> np.ndarray:
     return samples.astype(np.float32)
 
 
-def decode_bytes(encoded: bytes, seconds: float, rng: np.random.Generator) -> tuple[np.ndarray, int]:
+def decode_bytes(encoded: bytes, seconds: float,
+                 rng: np.random.Generator) -> tuple[np.ndarray, int]:
     """`read_window` for an encoded file held in memory (ArrayRecord, TFDS lazy audio)."""
     return read_window(io.BytesIO(encoded), seconds, rng)
 

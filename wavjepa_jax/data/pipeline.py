@@ -1,19 +1,22 @@
 """The training input pipeline: clip indices -> crops -> per-host batches, with Grain.
 
-    range(len(source)).seed(config.seed).shuffle().repeat()    global order, reshuffled each epoch
-      .random_map(ClipToCrops)                                 read, check, mono/channels, resample,
-                                                               RMS-normalise, loop/pad, crop, standardise
-      [process_index::process_count]                           this host's share
-      .to_iter_dataset()                                       threads read ahead
-      -> CountSkippedClips                                     drop bad clips, count them
-      .batch(clips).map(flatten_crops)                         [local_crops, (channels,) crop_samples]
-      .mp_prefetch(num_workers)                                worker processes
+    range(len(source)).seed(config.seed).shuffle().repeat()  global order, reshuffled each epoch
+      .random_map(ClipToCrops)           read, check, mono/channels, resample, RMS-normalise,
+                                         loop/pad, crop, standardise
+      [process_index::process_count]     this host's share
+      .to_iter_dataset()                 threads read ahead
+      -> CountSkippedClips               drop bad clips, count them
+      .batch(clips).map(flatten_crops)   [local_crops, (channels,) crop_samples]
+      .mp_prefetch(num_workers)          worker processes
 
-Every random choice (shuffle order, file window, crop positions) comes from Grain's per-record
-generator, so the stream is a function of `config.seed`, the host's index and the step only, and
-the iterator's state (`get_state`/`set_state`) is enough to resume it exactly. Crops of one clip
-stay next to each other in the batch: the loss treats every crop as its own example and the masks
-are per crop, so their order does not matter, and keeping them together keeps the layout legible.
+Every random choice (shuffle order, file window, crop positions) comes from Grain, whose
+per-record generator is seeded by `config.seed` and the record's position in the global stream,
+so the batches are a function of the seed, the host and the step, and differ between epochs.
+The iterator's state (`get_state`/`set_state`) is enough to resume exactly; its layout and the
+batch order depend on `data.num_workers` (each worker batches its own slice), so resume with
+the same value. Crops of one clip stay next to each other in the batch: the loss treats every
+crop as its own example and the masks are per crop, so the order does not matter, and keeping
+them together keeps the layout legible.
 """
 
 from __future__ import annotations
@@ -23,13 +26,13 @@ import logging
 
 import grain
 import ml_collections
-from absl import flags
 import numpy as np
+from absl import flags
 
 from wavjepa_jax.data import audio, sources
 
 log = logging.getLogger(__name__)
-READ_THREADS = 2       # Decode threads per worker: soundfile and soxr release the GIL.
+READ_THREADS = 2       # Decode threads per worker process: libsndfile runs without the GIL.
 
 
 @dataclasses.dataclass(frozen=True)
@@ -41,7 +44,7 @@ class SkippedClip:
 
 @dataclasses.dataclass(frozen=True)
 class ClipToCrops:
-    """Grain random_map: clip index -> {"audio": [crops, (channels,) crop_samples]} or SkippedClip."""
+    """Grain random_map: clip index -> {"audio": [crops, (channels,) crop]} or a SkippedClip."""
     source: sources.ClipSource
     sample_rate: int
     clip_seconds: float
@@ -133,7 +136,8 @@ def check_data_config(data: ml_collections.ConfigDict) -> None:
         raise ValueError(f"data.short_clip={data.short_clip!r} must be 'loop' or 'pad'")
     if round(data.clip_seconds * data.sample_rate) < data.crop_samples:
         raise ValueError(f"data.clip_seconds={data.clip_seconds} at data.sample_rate="
-                         f"{data.sample_rate} is shorter than data.crop_samples={data.crop_samples}")
+                         f"{data.sample_rate} is shorter than "
+                         f"data.crop_samples={data.crop_samples}")
     for field in ("crops_per_clip", "crop_samples", "sample_rate", "prefetch",
                   "max_consecutive_skips") + (("channels",) if data.keep_channels else ()):
         if data[field] < 1:

@@ -1,6 +1,6 @@
 r"""Pack a folder or manifest of audio files into ArrayRecord shards for `data.source=arrayrecord`.
 
-    python -m wavjepa_jax.data.prepare --input /data/audioset --output /data/audioset_ar --shards 256
+    python -m wavjepa_jax.data.prepare --input /data/audioset --output /data/as_shards --shards 256
 
 Each record is the clip re-encoded as FLAC (16-bit, optionally resampled) plus a JSON header (see
 `records`). Files are decoded and encoded in parallel worker processes and written in a fixed

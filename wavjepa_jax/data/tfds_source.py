@@ -17,7 +17,7 @@ from wavjepa_jax.data import audio
 
 
 class TfdsSource:
-    """The `audio_key` feature of one split; eager (array) and lazy (encoded bytes) audio both work."""
+    """The `audio_key` feature of one split; eager (array) and lazy (encoded bytes) audio work."""
 
     def __init__(self, name: str, *, split: str, data_dir: str | None, audio_key: str,
                  sample_rate: int):
