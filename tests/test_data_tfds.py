@@ -67,3 +67,8 @@ def test_tfds_source_yields_resampled_standardised_crops(data_dir):
 def test_unknown_audio_key_names_the_field(data_dir):
     with pytest.raises(ValueError, match="data.tfds_audio_key"):
         make_train_iterator(tfds_config(data_dir, tfds_audio_key="audio"))
+
+
+def test_missing_dataset_names_the_fields(tmp_path):
+    with pytest.raises(ValueError, match="data.tfds_data_dir"):
+        make_train_iterator(tfds_config(str(tmp_path), path="no_such_wavjepa_dataset"))

@@ -22,7 +22,13 @@ class TfdsSource:
     def __init__(self, name: str, *, split: str, data_dir: str | None, audio_key: str,
                  sample_rate: int):
         self.name, self.audio_key = name, audio_key
-        self.records = tfds.data_source(name, split=split, data_dir=data_dir, download=False)
+        try:
+            self.records = tfds.data_source(name, split=split, data_dir=data_dir, download=False)
+        except (ValueError, NotImplementedError, FileNotFoundError) as error:
+            raise ValueError(
+                f"data.path={name!r} (split data.tfds_split={split!r}) is not a TFDS dataset "
+                f"prepared in the array_record format under data.tfds_data_dir={data_dir!r}: "
+                f"{str(error).splitlines()[0]}") from error
         features = self.records.dataset_info.features
         if audio_key not in features:
             raise ValueError(f"data.tfds_audio_key={audio_key!r} is not a feature of {name!r} "
