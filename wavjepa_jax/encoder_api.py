@@ -4,22 +4,25 @@
     out = encoder.embed(audio, sample_rate)     # out.frames [frames, width], out.timestamps [s]
     clip = encoder.embed_clip(audio, sample_rate)  # [width]: the mean over frames
 
-Audio is prepared as the release prepares it for downstream use: resampled to the encoder's rate,
-channels mixed (a mono encoder) or matched, RMS-normalised to -14 dBFS, then cut into
-non-overlapping 2.01 s chunks (the training crop), each standardised over its real samples and the
-last one zero-padded; padded frames are hidden from attention and dropped. With `window=False` a
-clip is encoded as one sequence instead (sin-cos positions extend to any length).
+Audio is prepared as the release prepares it for downstream use (its hear_api runtime): resampled
+to the encoder's rate, channels mixed (a mono encoder) or matched, RMS-normalised to -14 dBFS, cut
+into non-overlapping 2.01 s chunks (the training crop), the last zero-padded to a full chunk, each
+chunk standardised; the padded frames are hidden from attention and dropped. As in the release,
+the front end's GroupNorm statistics of a padded chunk include its padding, so the last chunk's
+frames depend on how much of it is padding, never on anything else in a batch.
 
-The forward pass is jitted on a small set of shapes: chunk batches are padded to a power of two
-(at most `max_batch`), whole clips to a power-of-two multiple of the chunk length, so a dataset of
-varied lengths compiles a handful of programs, not one per clip. `apply(params, audio, valid)` is
-the raw pure function for use inside other JAX models.
+The forward pass is jitted on few shapes: every chunk has the same length, and chunk batches are
+padded with silent rows to a power of two (at most `max_batch`), so a dataset of varied lengths
+compiles a handful of programs, not one per clip. With `window=False` each clip is encoded whole
+as one sequence (sin-cos positions extend to any length); GroupNorm sees the whole clip, so it is
+never padded, and each distinct length compiles once.
+
+`apply(params, audio, valid)` is the raw pure function for use inside other JAX models.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import math
 import os
 from typing import Sequence
 
@@ -101,12 +104,12 @@ def _bucket(n: int, cap: int | None = None) -> int:
 
 @dataclasses.dataclass
 class _Segment:
-    """One encoder input: standardised samples (unpadded), which clip, and its first sample."""
+    """One encoder input: its standardised samples, which clip, where in it, real frames."""
 
-    samples: np.ndarray  # [channels, length]
+    samples: np.ndarray  # [channels, length], zero-padded
     clip: int
-    start: int
-    frames: int          # real frames to keep
+    start: int           # first sample in the clip
+    frames: int          # real frames (the rest are padding, dropped)
 
 
 class AudioEncoder:
@@ -180,7 +183,7 @@ class AudioEncoder:
         clips = [self._prepare(clip, int(sample_rate)) for clip in clips]
         segments = [s for i, c in enumerate(clips) for s in self._segments(c, i, window)]
         parts: list[list] = [[] for _ in clips]
-        for seg, out in zip(segments, self._run(segments, window)):
+        for seg, out in zip(segments, self._run(segments)):
             parts[seg.clip].append((seg, out))
         results = []
         for clip_parts in parts:
@@ -219,29 +222,29 @@ class AudioEncoder:
 
     def _segments(self, clip: np.ndarray, index: int, window: bool) -> list[_Segment]:
         length = clip.shape[1]
-        step = self.chunk_samples if window else length
+        if not window:
+            frames = num_frames(length, self.conv_layers)
+            samples = audio_lib.standardise(clip)
+            if not frames:  # Shorter than one receptive field: one frame over the padded clip.
+                samples = np.pad(samples, ((0, 0), (0, self.receptive_field - length)))
+            return [_Segment(samples, index, 0, max(frames, 1))]
         segments = []
-        for start in range(0, length, step):
-            piece = clip[:, start:start + step]
+        for start in range(0, length, self.chunk_samples):
+            piece = clip[:, start:start + self.chunk_samples]
             frames = num_frames(piece.shape[1], self.conv_layers)
-            if frames or not segments and start + step >= length:
-                # A clip shorter than one receptive field still gets one (zero-padded) frame.
-                segments.append(_Segment(audio_lib.standardise(piece), index, start,
-                                         max(frames, 1)))
+            if not frames and segments:
+                continue  # A tail shorter than one receptive field holds no whole frame.
+            padded = np.pad(piece, ((0, 0), (0, self.chunk_samples - piece.shape[1])))
+            segments.append(_Segment(audio_lib.standardise(padded), index, start, max(frames, 1)))
         return segments
 
-    def _run(self, segments: list[_Segment], window: bool) -> list[np.ndarray]:
-        """Encode segments in bucketed batches; returns each segment's real frames."""
+    def _run(self, segments: list[_Segment]) -> list[np.ndarray]:
+        """Encode segments in batches of equal length padded to a power of two; returns each
+        segment's real frames."""
         outputs: list[np.ndarray | None] = [None] * len(segments)
         groups: dict[int, list[int]] = {}
         for i, seg in enumerate(segments):
-            if window:
-                length = self.chunk_samples
-            else:
-                length = self.chunk_samples * _bucket(math.ceil(seg.samples.shape[1]
-                                                                / self.chunk_samples))
-            length = max(length, self.receptive_field)
-            groups.setdefault(length, []).append(i)
+            groups.setdefault(seg.samples.shape[1], []).append(i)
         for length, members in groups.items():
             frames = num_frames(length, self.conv_layers)
             cap = max(1, self.max_batch * self.chunk_samples // length)
@@ -251,9 +254,8 @@ class AudioEncoder:
                 audio = np.zeros((size, self.in_channels, length), np.float32)
                 valid = np.zeros((size, frames), bool)
                 for row, i in enumerate(batch):
-                    seg = segments[i]
-                    audio[row, :, :seg.samples.shape[1]] = seg.samples
-                    valid[row, :seg.frames] = True
+                    audio[row] = segments[i].samples
+                    valid[row, :segments[i].frames] = True
                 valid[len(batch):, 0] = True  # Filler rows: keep one key so softmax stays finite.
                 audio = audio[:, 0] if self.in_channels == 1 else audio.transpose(0, 2, 1)
                 out = np.asarray(self._forward(self.params, audio, valid), np.float32)

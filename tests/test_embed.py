@@ -1,0 +1,143 @@
+"""The embedding API (wavjepa_jax.encoder_api) on an untrained tiny encoder."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from wavjepa_jax import configuration, export
+from wavjepa_jax.data import audio as audio_lib
+from wavjepa_jax.encoder_api import AudioEncoder
+from wavjepa_jax.frontend import num_frames
+
+RATE, CHUNK = 16_000, 32_160
+
+
+def tiny_encoder_config():
+    return {"model": export.encoder_model_config(configuration.model_config("tiny")),
+            "audio": {"sample_rate": RATE, "chunk_samples": CHUNK, "rms_dbfs": -14.0,
+                      "in_channels": 1}}
+
+
+@pytest.fixture(scope="module")
+def encoder():
+    return AudioEncoder.random_init(tiny_encoder_config(), seed=0)
+
+
+def noise(samples, seed=0, channels=None):
+    shape = (samples,) if channels is None else (channels, samples)
+    return (0.1 * np.random.default_rng(seed).standard_normal(shape)).astype(np.float32)
+
+
+@pytest.mark.parametrize("bad,message", [
+    (np.zeros(0, np.float32), "empty"),
+    (np.zeros((1, 0), np.float32), "empty"),
+    ([], "empty batch"),
+    (np.full(16_000, np.nan, np.float32), "NaN"),
+    (np.array([0.0, np.inf] * 8_000, np.float32), "NaN or infinite"),
+    (np.zeros((1, 1, 1, 16_000), np.float32), "expected"),
+    (np.float32(0.5), "expected"),
+    (np.zeros((16_000, 2), np.float32), "channels, samples"),
+    (np.array(["a", "b"]), "numeric"),
+    ([noise(16_000), np.zeros((2, 2, 100), np.float32)], r"audio\[1\]"),
+])
+def test_bad_input_is_a_clear_value_error(encoder, bad, message):
+    with pytest.raises(ValueError, match=message):
+        encoder.embed(bad, RATE)
+
+
+@pytest.mark.parametrize("rate", [0, -8_000, 16_000.5, "16k", None])
+def test_bad_sample_rate_is_a_value_error(encoder, rate):
+    with pytest.raises(ValueError, match="sample_rate"):
+        encoder.embed(noise(16_000), rate)
+
+
+def test_short_clip_is_one_padded_chunk_with_padded_frames_dropped(encoder):
+    """As the release: a 1.3 s clip is zero-padded to 2.01 s, standardised, encoded with the
+    padded frames hidden from attention, and only its real frames are kept."""
+    clip = noise(20_800)
+    out = encoder.embed(clip, RATE)
+    frames = num_frames(20_800, encoder.conv_layers)
+    padded = np.pad(audio_lib.rms_normalise(clip[None], -14.0), ((0, 0), (0, CHUNK - 20_800)))
+    valid = np.arange(200)[None] < frames
+    direct = jax.jit(encoder.apply)(encoder.params, audio_lib.standardise(padded), valid)[0]
+    assert out.frames.shape == (frames, 64)
+    np.testing.assert_allclose(out.frames, direct[:frames], atol=2e-5)
+
+
+def test_whole_mode_encodes_the_clip_unpadded(encoder):
+    for samples in (12_000, 40_000):
+        clip = noise(samples, seed=samples)
+        whole = encoder.embed(clip, RATE, window=False)
+        prepared = audio_lib.standardise(audio_lib.rms_normalise(clip[None], -14.0))
+        direct = jax.jit(encoder.apply)(encoder.params, prepared)[0]
+        assert whole.frames.shape == (num_frames(samples, encoder.conv_layers), 64)
+        np.testing.assert_allclose(whole.frames, direct, atol=2e-5)
+    np.testing.assert_allclose(whole.timestamps, 0.0075 + 0.01 * np.arange(249))
+    windowed = encoder.embed(clip, RATE)
+    assert windowed.frames.shape == (200 + 48, 64)
+
+
+def test_lengths_share_a_few_compiled_programs(encoder):
+    fresh = AudioEncoder(encoder.params, tiny_encoder_config())
+    lengths = [3_000, 7_000, 11_000, 19_000, 31_000, 33_000, 45_000, 50_000, 66_000, 70_000]
+    for i, samples in enumerate(lengths):
+        fresh.embed(noise(samples, seed=i), RATE)
+    # Chunk batches are padded to 1, 2 or 4 chunks: three programs for ten lengths.
+    assert fresh._forward._cache_size() == 3
+
+
+def test_batches_agree_with_single_clips(encoder):
+    clips = [noise(n, seed=n) for n in (5_000, 32_160, 40_000)]
+    singles = [encoder.embed(c, RATE).frames for c in clips]
+    listed = encoder.embed(clips, RATE)
+    for one, many in zip(singles, listed):
+        np.testing.assert_allclose(one, many.frames, atol=2e-5)
+    equal = np.stack([noise(40_000, seed=s) for s in range(3)])[:, None]   # [batch, 1, samples]
+    batch = encoder.embed(equal, RATE)
+    assert batch.frames.shape == (3, 200 + 48, 64) and batch.timestamps.shape == (3, 248)
+    np.testing.assert_allclose(batch.frames[2], encoder.embed(equal[2], RATE).frames, atol=2e-5)
+    np.testing.assert_allclose(encoder.embed_clip(equal, RATE), batch.frames.mean(1), atol=1e-6)
+    assert encoder.embed_clip(clips, RATE).shape == (3, 64)
+
+
+def test_channels_are_mixed_and_rates_resampled(encoder):
+    mono = noise(24_000)
+    stereo = np.stack([mono, mono])
+    np.testing.assert_allclose(encoder.embed(stereo, RATE).frames, encoder.embed(mono, RATE).frames,
+                               atol=1e-6)
+    at_8k = encoder.embed(mono[::2].copy(), 8_000)
+    assert at_8k.frames.shape[0] == num_frames(24_000, encoder.conv_layers)
+    pcm = (mono * 2 ** 15).astype(np.int16)           # Integer PCM is read as 16-bit.
+    np.testing.assert_allclose(encoder.embed(pcm, RATE).frames, encoder.embed(mono, RATE).frames,
+                               atol=2e-3)  # 16-bit quantisation of the clip.
+
+
+def test_clip_shorter_than_a_frame_gives_one_frame(encoder):
+    out = encoder.embed(noise(100), RATE)
+    assert out.frames.shape == (1, 64) and out.timestamps.shape == (1,)
+
+
+def test_apply_is_a_pure_function_for_other_models(encoder):
+    """Fine-tuning: gradients flow through `apply` into the encoder's params."""
+    audio = jnp.asarray(audio_lib.standardise(noise(4_000, channels=2)))   # [batch, samples]
+
+    def loss(params):
+        return jnp.mean(encoder.apply(params, audio) ** 2)
+
+    grads = jax.jit(jax.grad(loss))(encoder.params)
+    conv = grads["frontend"]["conv"]["conv_0"]["kernel"]
+    assert conv.shape == encoder.params["frontend"]["conv"]["conv_0"]["kernel"].shape
+    assert float(jnp.abs(conv).sum()) > 0
+
+
+def test_bfloat16_compute(encoder):
+    config = tiny_encoder_config()
+    fast = AudioEncoder(encoder.params, config, dtype="bfloat16")
+    clip = noise(32_160)
+    reference = encoder.embed(clip, RATE).frames
+    low = fast.embed(clip, RATE).frames
+    assert low.dtype == np.float32
+    assert np.corrcoef(reference.ravel(), low.ravel())[0, 1] > 0.99
+    with pytest.raises(ValueError, match="dtype"):
+        AudioEncoder(encoder.params, config, dtype="float8")
