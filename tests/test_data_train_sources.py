@@ -3,6 +3,7 @@
 `wavjepa_jax.train.run` trains on configs/tiny.py with each source in turn, all in one fresh
 subprocess that has a persistent XLA compilation cache, so only the first run pays for compiling
 the step (a pytest process may already have compiled with the cache off, which JAX then keeps).
+A JAX_COMPILATION_CACHE_DIR set in the environment is used, so CI can keep the cache warm.
 """
 
 import json
@@ -82,8 +83,8 @@ def data_paths(tmp_path_factory):
 
 def test_training_runs_two_steps_on_every_source(data_paths, tmp_path):
     runs = [(source, data_paths[source], str(tmp_path / source)) for source in SOURCES]
-    env = dict(os.environ, JAX_PLATFORMS="cpu",
-               JAX_COMPILATION_CACHE_DIR=str(tmp_path / "xla_cache"),
+    cache = os.environ.get("JAX_COMPILATION_CACHE_DIR") or str(tmp_path / "xla_cache")
+    env = dict(os.environ, JAX_PLATFORMS="cpu", JAX_COMPILATION_CACHE_DIR=cache,
                JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
                JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="-1")
     result = subprocess.run([sys.executable, "-c", DRIVER, json.dumps(runs)], cwd=ROOT, env=env,
