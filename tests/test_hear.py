@@ -1,0 +1,80 @@
+"""The HEAR 2021 API (wavjepa_jax.hear) over an exported, untrained tiny encoder."""
+
+import jax
+import numpy as np
+import pytest
+
+from wavjepa_jax import configuration, export, hear
+from wavjepa_jax.encoder_api import AudioEncoder
+
+
+@pytest.fixture(scope="module")
+def encoder_dir(tmp_path_factory):
+    out = tmp_path_factory.mktemp("encoder")
+    config = {"model": export.encoder_model_config(configuration.model_config("tiny")),
+              "audio": {"sample_rate": 16_000, "chunk_samples": 32_160, "rms_dbfs": -14.0,
+                        "in_channels": 1}}
+    encoder = AudioEncoder.random_init(config)
+    export.save_encoder(str(out), jax.device_get(encoder.params), config["model"],
+                        sample_rate=16_000, chunk_samples=32_160, source={"kind": "test"})
+    return str(out)
+
+
+@pytest.fixture(scope="module")
+def model(encoder_dir):
+    return hear.load_model(encoder_dir)
+
+
+def sounds(n=3, seconds=2.5, rate=16_000):
+    rng = np.random.default_rng(0)
+    return (0.1 * rng.standard_normal((n, int(seconds * rate)))).astype(np.float32)
+
+
+def test_model_attributes(model):
+    assert model.sample_rate == 16_000
+    assert model.scene_embedding_size == model.timestamp_embedding_size == 64
+
+
+def test_timestamp_embeddings_have_the_documented_shapes(model):
+    audio = sounds()
+    embeddings, timestamps = hear.get_timestamp_embeddings(audio, model)
+    # 2.5 s = 40,000 samples: one full 2.01 s chunk (200 frames) and 7,840 samples (48 frames).
+    assert embeddings.shape == (3, 248, model.timestamp_embedding_size)
+    assert embeddings.dtype == np.float32
+    assert timestamps.shape == (3, 248)
+    np.testing.assert_allclose(timestamps[0, :3], [7.5, 17.5, 27.5])   # milliseconds
+    np.testing.assert_array_equal(timestamps[0], timestamps[2])
+    assert np.all(np.diff(timestamps, axis=1) > 0) and timestamps[0, -1] < 2500
+
+
+def test_scene_embeddings_are_the_frame_mean(model):
+    audio = sounds()
+    scene = hear.get_scene_embeddings(audio, model)
+    assert scene.shape == (3, model.scene_embedding_size)
+    embeddings, _ = hear.get_timestamp_embeddings(audio, model)
+    np.testing.assert_allclose(scene, embeddings.mean(axis=1), atol=1e-6)
+
+
+def test_torch_framework_passes_hear_eval_kit_checks(encoder_dir):
+    torch = pytest.importorskip("torch")
+    model = hear.load_model(encoder_dir, framework="torch")
+    assert isinstance(model, torch.nn.Module)          # heareval's model-type check
+    model.to("cpu")
+    audio = torch.from_numpy(sounds(n=2, seconds=1.0))
+    embeddings, timestamps = hear.get_timestamp_embeddings(audio, model)
+    assert isinstance(embeddings, torch.Tensor) and embeddings.shape == (2, 99, 64)
+    assert timestamps.detach().cpu().numpy().shape == (2, 99)
+    assert hear.get_scene_embeddings(audio, model).shape == (2, 64)
+
+
+def test_load_model_path_from_environment(encoder_dir, monkeypatch):
+    monkeypatch.setenv(hear.ENV_VAR, encoder_dir)
+    assert hear.load_model().sample_rate == 16_000
+    monkeypatch.delenv(hear.ENV_VAR)
+    with pytest.raises(ValueError, match="exported encoder directory"):
+        hear.load_model("")
+
+
+def test_wrong_rank_is_a_value_error(model):
+    with pytest.raises(ValueError, match=r"\[n_sounds, n_samples\]"):
+        hear.get_scene_embeddings(np.zeros(16_000, np.float32), model)

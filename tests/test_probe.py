@@ -1,0 +1,122 @@
+"""Probes on frozen embeddings (wavjepa_jax.probe) over a small rendered two-class dataset."""
+
+import json
+import os
+
+import jax
+import numpy as np
+import pytest
+import soundfile
+
+from test_export import train_tiny
+from wavjepa_jax import export, probe
+
+RATE = 22_050  # Not the encoder's rate: the probe resamples.
+
+
+def noise_burst(rng):
+    """Decaying bursts of white noise: a flat spectrum."""
+    clip = np.zeros(int(rng.uniform(0.6, 1.4) * RATE))
+    for _ in range(rng.integers(2, 5)):
+        start, length = rng.integers(0, clip.size // 2), int(rng.uniform(0.1, 0.4) * RATE)
+        burst = rng.standard_normal(length) * np.exp(-np.arange(length) / (0.3 * length))
+        clip[start:start + length] += burst[:clip.size - start]
+    return clip
+
+
+def harmonic_tone(rng):
+    """A harmonic tone of random pitch: energy at a few multiples of f0 only."""
+    t = np.arange(int(rng.uniform(0.6, 1.4) * RATE)) / RATE
+    f0 = rng.uniform(150, 600)
+    clip = sum(np.sin(2 * np.pi * k * f0 * t + rng.uniform(0, 6)) / k for k in range(1, 5))
+    return clip * np.minimum(1, np.minimum(t, t[-1] - t) / 0.02)
+
+
+def write_dataset(root, per_class=(12, 8), seed=0):
+    rng = np.random.default_rng(seed)
+    for split, count in zip(("train", "test"), per_class):
+        for name, render in (("noise", noise_burst), ("tone", harmonic_tone)):
+            os.makedirs(root / split / name)
+            for i in range(count):
+                clip = render(rng)
+                clip = 0.3 * clip / np.abs(clip).max()
+                soundfile.write(root / split / name / f"{i}.wav", clip, RATE, subtype="FLOAT")
+    return str(root)
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory):
+    return write_dataset(tmp_path_factory.mktemp("data"))
+
+
+@pytest.fixture(scope="module")
+def trained_encoder(tmp_path_factory):
+    run, out = tmp_path_factory.mktemp("run"), tmp_path_factory.mktemp("encoder")
+    train_tiny(str(run))
+    export.export_run(str(run), str(out))
+    return str(out)
+
+
+def test_probe_cli_beats_chance_with_a_trained_encoder(trained_encoder, dataset, tmp_path,
+                                                        capsys):
+    out = tmp_path / "results.json"
+    probe.main(["--encoder", trained_encoder, "--data", dataset, "--out", str(out),
+                "--noise-snr", "20,0", "--steps", "200"])
+    results = json.loads(out.read_text())
+    printed = capsys.readouterr()
+    assert "accuracy: test" in printed.out and "embed train" in printed.err   # tqdm bars
+    assert results["metric"] == "accuracy" and results["classes"] == ["noise", "tone"]
+    assert (results["num_train"], results["num_val"], results["num_test"]) == (20, 4, 16)
+    assert results["chance"] == 0.5 and results["test"] >= 0.75
+    assert results["encoder_source"]["kind"] == "training_run" and not results["random_init"]
+    assert set(results["weight_decay_sweep"]) == {str(w) for w in probe.WEIGHT_DECAYS}
+    assert results["weight_decay"] in probe.WEIGHT_DECAYS
+    assert set(results["test_noisy"]) == {"20.0", "0.0"}
+    assert all(0.0 <= v <= 1.0 for v in results["test_noisy"].values())
+
+
+def test_random_init_baseline_with_an_mlp_head(trained_encoder, dataset, tmp_path):
+    out = tmp_path / "random.json"
+    probe.main(["--encoder", trained_encoder, "--data", dataset, "--out", str(out),
+                "--random-init", "--head", "mlp", "--steps", "100"])
+    results = json.loads(out.read_text())
+    assert results["random_init"] and results["encoder_source"]["kind"] == "random_init"
+    assert results["head"] == "mlp" and 0.0 <= results["test"] <= 1.0
+
+
+def test_multi_label_heads_report_map():
+    rng = np.random.default_rng(0)
+    labels = (rng.random((200, 3)) < 0.4).astype(np.float32)
+    features = labels @ rng.standard_normal((3, 16)) + 0.3 * rng.standard_normal((200, 16))
+    head, params = probe.train_heads(features[:150], labels[:150], num_classes=3, hidden=0,
+                                     weight_decays=(0.0, 0.1), steps=300, batch_size=64,
+                                     lr=1e-2, seed=0)
+    first = jax.tree.map(lambda leaf: leaf[0], params)        # The weight decay 0 head.
+    logits = np.asarray(head.apply({"params": first}, features[150:]))
+    assert probe.score(logits, labels[150:]) > 0.9
+
+
+def test_average_precision_and_validation_split():
+    scores = np.array([0.9, 0.8, 0.7, 0.6])
+    targets = np.array([1, 0, 1, 0])
+    assert probe.average_precision(scores, targets) == pytest.approx((1 + 2 / 3) / 2)
+    labels = np.array([0] * 10 + [1] * 5 + [2])
+    fit, val = probe.validation_split(labels, 0.2, seed=0)
+    assert sorted(np.concatenate([fit, val])) == list(range(16))
+    assert list(np.bincount(labels[val], minlength=3)) == [2, 1, 0]   # Singletons stay in train.
+
+
+def test_folder_layout_errors(tmp_path):
+    (tmp_path / "train" / "a").mkdir(parents=True)
+    (tmp_path / "test").mkdir()
+    with pytest.raises(ValueError, match="2 or more"):
+        probe.folder_splits(str(tmp_path))
+    with pytest.raises(ValueError, match="train/ and test/"):
+        probe.folder_splits(str(tmp_path / "missing"))
+
+
+def test_cli_help(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        probe.main(["--help"])
+    assert exit_info.value.code == 0
+    assert "--noise-snr" in capsys.readouterr().out

@@ -1,0 +1,90 @@
+"""The HEAR 2021 API over an exported encoder (https://hearbenchmark.com/hear-api.html).
+
+    from wavjepa_jax import hear
+    model = hear.load_model("exported/")                 # or $WAVJEPA_JAX_ENCODER
+    scene = hear.get_scene_embeddings(audio, model)      # [n_sounds, 768]
+    frames, ms = hear.get_timestamp_embeddings(audio, model)  # [n_sounds, n_frames, 768], [n_sounds, n_frames]
+
+`audio` is float32 [n_sounds, n_samples] at `model.sample_rate` (16 kHz). Embeddings follow the
+release: 2.01 s windows, frame embeddings at 100 Hz, the scene embedding their mean. Timestamps
+are the centre of each frame's receptive field, in milliseconds.
+
+hear-eval-kit accepts only torch or TensorFlow modules: `load_model(path, framework="torch")`
+returns a `torch.nn.Module` (needs torch) whose functions return torch tensors, so the kit's
+embedding runner works unchanged (`--model-options '{"framework": "torch"}'`).
+"""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+
+from wavjepa_jax.encoder_api import AudioEncoder, load_encoder
+
+ENV_VAR = "WAVJEPA_JAX_ENCODER"
+FRAMEWORKS = ("numpy", "torch")
+
+
+class HearModel:
+    """An encoder with the attributes the HEAR API requires."""
+
+    def __init__(self, encoder: AudioEncoder, framework: str = "numpy"):
+        self.encoder = encoder
+        self.framework = framework
+        self.sample_rate = encoder.sample_rate
+        self.scene_embedding_size = encoder.embedding_size
+        self.timestamp_embedding_size = encoder.embedding_size
+
+    def _output(self, array: np.ndarray):
+        if self.framework == "torch":
+            import torch
+            return torch.from_numpy(np.ascontiguousarray(array))
+        return array
+
+
+def _torch_model(encoder: AudioEncoder):
+    import torch
+
+    class TorchHearModel(HearModel, torch.nn.Module):
+        """For hear-eval-kit's isinstance(model, torch.nn.Module) check; holds no torch weights."""
+
+        def __init__(self, encoder):
+            torch.nn.Module.__init__(self)
+            HearModel.__init__(self, encoder, "torch")
+
+    return TorchHearModel(encoder)
+
+
+def load_model(model_file_path: str = "", framework: str = "numpy") -> HearModel:
+    """The exported encoder directory at `model_file_path` (empty: $WAVJEPA_JAX_ENCODER)."""
+    if framework not in FRAMEWORKS:
+        raise ValueError(f"framework={framework!r} must be one of {FRAMEWORKS}")
+    path = model_file_path or os.environ.get(ENV_VAR, "")
+    if not path:
+        raise ValueError("load_model needs an exported encoder directory (python -m "
+                         "wavjepa_jax.export or wavjepa_jax.convert): pass model_file_path or "
+                         f"set {ENV_VAR}. Nothing is downloaded.")
+    encoder = load_encoder(path)
+    return _torch_model(encoder) if framework == "torch" else HearModel(encoder)
+
+
+def _batch(audio, model: HearModel) -> np.ndarray:
+    if hasattr(audio, "detach"):
+        audio = audio.detach().cpu().numpy()
+    audio = np.asarray(audio, dtype=np.float32)
+    if audio.ndim != 2:
+        raise ValueError(f"audio must be [n_sounds, n_samples] at {model.sample_rate} Hz, "
+                         f"got shape {audio.shape}")
+    return audio[:, None, :]
+
+
+def get_timestamp_embeddings(audio, model: HearModel):
+    """([n_sounds, n_frames, timestamp_embedding_size], timestamps [n_sounds, n_frames] in ms)."""
+    out = model.encoder.embed(_batch(audio, model), model.sample_rate)
+    return model._output(out.frames), model._output(out.timestamps * 1000.0)
+
+
+def get_scene_embeddings(audio, model: HearModel):
+    """[n_sounds, scene_embedding_size]: the mean of each sound's frame embeddings."""
+    return model._output(model.encoder.embed_clip(_batch(audio, model), model.sample_rate))

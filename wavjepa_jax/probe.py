@@ -1,0 +1,339 @@
+r"""Linear (or small MLP) probes on frozen clip embeddings of an exported encoder.
+
+    python -m wavjepa_jax.probe --encoder DIR --data DATA --out results.json
+    python -m wavjepa_jax.probe --encoder DIR --data tfds:NAME --tfds-data-dir D --out r.json
+    python -m wavjepa_jax.probe ... --head mlp --noise-snr 20,10,0
+    python -m wavjepa_jax.probe ... --random-init      # the untrained baseline to beat
+
+Data: a folder `DATA/{train,test}/<class>/<clip>` of audio files (one label per clip), or a
+prepared TFDS dataset whose label feature is a ClassLabel (single-label: accuracy) or a sequence
+of ClassLabels (multi-label: mAP). Each clip becomes one vector, the mean of its frame
+embeddings (`AudioEncoder.embed_clip`, 2.01 s windows as the release). Features are standardised
+with training statistics; a validation split carved (stratified) from train picks the AdamW
+weight decay of the sweep, and the selected head is scored on test. With --noise-snr the test
+clips are also embedded with white noise added at each SNR (dB, relative to the clip's RMS at the
+encoder's sample rate) and scored with the same head.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import io
+import json
+import os
+import sys
+from typing import Callable
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from tqdm import tqdm
+
+from wavjepa_jax import export
+from wavjepa_jax.data import audio as audio_lib
+from wavjepa_jax.encoder_api import AudioEncoder, load_encoder
+
+WEIGHT_DECAYS = (0.0, 1e-3, 1e-2, 1e-1, 1.0)
+
+
+# --- data -----------------------------------------------------------------------------------
+
+@dataclasses.dataclass
+class Split:
+    """`read(i)` -> ([channels, samples], rate) for i < len(labels); labels [n] int or
+    [n, classes] multi-hot."""
+
+    read: Callable[[int], tuple[np.ndarray, int]]
+    labels: np.ndarray
+    names: list[str]
+
+
+def folder_splits(root: str) -> tuple[Split, Split, list[str]]:
+    """DATA/{train,test}/<class>/* audio files."""
+    train_dir = os.path.join(root, "train")
+    if not os.path.isdir(train_dir) or not os.path.isdir(os.path.join(root, "test")):
+        raise ValueError(f"{root!r} needs train/ and test/ folders of <class>/<audio file>")
+    classes = sorted(d for d in os.listdir(train_dir) if os.path.isdir(os.path.join(train_dir, d)))
+    if len(classes) < 2:
+        raise ValueError(f"{train_dir} has {len(classes)} class folders; a probe needs 2 or more")
+
+    def split(name):
+        extra = sorted(set(os.listdir(os.path.join(root, name))) - set(classes) - {".", ".."})
+        extra = [d for d in extra if os.path.isdir(os.path.join(root, name, d))]
+        if extra:
+            raise ValueError(f"{os.path.join(root, name)} has classes not in train/: {extra}")
+        paths, labels = [], []
+        for label, cls in enumerate(classes):
+            folder = os.path.join(root, name, cls)
+            files = sorted(f for f in os.listdir(folder) if f.lower().endswith(
+                audio_lib.AUDIO_EXTENSIONS)) if os.path.isdir(folder) else []
+            paths += [os.path.join(folder, f) for f in files]
+            labels += [label] * len(files)
+        if not paths:
+            raise ValueError(f"no audio files under {os.path.join(root, name)}")
+        return Split(lambda i: audio_lib.load_audio(paths[i]), np.array(labels), paths)
+
+    return split("train"), split("test"), classes
+
+
+def tfds_splits(name: str, data_dir: str | None, train_split: str, test_split: str,
+                audio_key: str, label_key: str) -> tuple[Split, Split, list[str]]:
+    """A prepared TFDS dataset (array_record files; nothing is downloaded)."""
+    from wavjepa_jax.data.tfds_source import TfdsSource
+
+    def split(split_name):
+        source = TfdsSource(name, split=split_name, data_dir=data_dir, audio_key=audio_key,
+                            sample_rate=0)
+        feature = source.records.dataset_info.features.get(label_key)
+        if feature is None:
+            raise ValueError(f"{name!r} has no label feature {label_key!r}")
+        multi = hasattr(feature, "feature")
+        classes = list((feature.feature if multi else feature).names)
+
+        def read(i):
+            value = source.records[i][audio_key]
+            if isinstance(value, bytes):
+                return audio_lib.load_audio(io.BytesIO(value))
+            samples = audio_lib.pcm_to_float(np.asarray(value))
+            return (samples[None] if samples.ndim == 1 else samples.T), source.sample_rate
+
+        raw = [np.asarray(source.records[i][label_key]) for i in range(len(source))]
+        if multi:
+            labels = np.zeros((len(raw), len(classes)), np.float32)
+            for row, value in enumerate(raw):
+                labels[row, value.astype(int)] = 1.0
+        else:
+            labels = np.array([int(v) for v in raw])
+        return Split(read, labels, [f"{name}/{split_name}[{i}]" for i in range(len(raw))]), classes
+
+    (train, classes), (test, _) = split(train_split), split(test_split)
+    return train, test, classes
+
+
+# --- embeddings -------------------------------------------------------------------------------
+
+def white_noise(clip: np.ndarray, snr_db: float, rng: np.random.Generator) -> np.ndarray:
+    noise = rng.standard_normal(clip.shape).astype(np.float32)
+    return clip + noise * (audio_lib.rms(clip) / 10 ** (snr_db / 20))
+
+
+def embed_split(encoder: AudioEncoder, split: Split, *, batch_clips: int, window: bool,
+                snr_db: float | None = None, seed: int = 0, desc: str = "") -> np.ndarray:
+    """[clips, width] clip embeddings, `batch_clips` clips per `embed` call."""
+    out = []
+    progress = tqdm(total=len(split.labels), desc=desc, unit="clip", file=sys.stderr)
+    for first in range(0, len(split.labels), batch_clips):
+        batch = []
+        for i in range(first, min(first + batch_clips, len(split.labels))):
+            clip, rate = split.read(i)
+            clip = audio_lib.resample(clip, rate, encoder.sample_rate)
+            if snr_db is not None:
+                clip = white_noise(clip, snr_db, np.random.default_rng([seed, i]))
+            batch.append(clip)
+        out.append(encoder.embed_clip(batch, encoder.sample_rate, window=window))
+        progress.update(len(batch))
+    progress.close()
+    return np.concatenate(out).astype(np.float32)
+
+
+# --- the probe --------------------------------------------------------------------------------
+
+class Head(nn.Module):
+    num_classes: int
+    hidden: int = 0  # 0: linear
+
+    @nn.compact
+    def __call__(self, x):
+        if self.hidden:
+            x = nn.relu(nn.Dense(self.hidden)(x))
+        return nn.Dense(self.num_classes)(x)
+
+
+def validation_split(labels: np.ndarray, fraction: float, seed: int):
+    """(train indices, validation indices), stratified by class for single-label data."""
+    rng = np.random.default_rng(seed)
+    if labels.ndim == 2:
+        order = rng.permutation(len(labels))
+        cut = max(1, int(round(fraction * len(labels))))
+        return np.sort(order[cut:]), np.sort(order[:cut])
+    val = []
+    for cls in np.unique(labels):
+        members = rng.permutation(np.flatnonzero(labels == cls))
+        if len(members) > 1:
+            val += list(members[:max(1, int(round(fraction * len(members))))])
+    val = np.sort(np.array(val, int))
+    return np.setdiff1d(np.arange(len(labels)), val), val
+
+
+def average_precision(scores: np.ndarray, targets: np.ndarray) -> float:
+    order = np.argsort(-scores, kind="stable")
+    hits = targets[order] > 0
+    precision = np.cumsum(hits) / np.arange(1, len(hits) + 1)
+    return float(precision[hits].mean())
+
+
+def score(logits: np.ndarray, labels: np.ndarray) -> float:
+    """Accuracy (single-label) or mAP over classes with a positive (multi-label)."""
+    if labels.ndim == 1:
+        return float(np.mean(np.argmax(logits, -1) == labels))
+    present = [c for c in range(labels.shape[1]) if labels[:, c].any()]
+    return float(np.mean([average_precision(logits[:, c], labels[:, c]) for c in present]))
+
+
+def train_heads(x, y, *, num_classes: int, hidden: int, weight_decays, steps: int,
+                batch_size: int, lr: float, seed: int):
+    """One head per weight decay, trained together (vmapped) with AdamW; returns (head, params)."""
+    head = Head(num_classes, hidden)
+    multi_label = y.ndim == 2
+    x, y = jnp.asarray(x), jnp.asarray(y)
+    batch_size = min(batch_size, x.shape[0])
+    schedule = optax.cosine_decay_schedule(lr, steps)
+
+    def loss_fn(params, xb, yb):
+        logits = head.apply({"params": params}, xb)
+        if multi_label:
+            return optax.sigmoid_binary_cross_entropy(logits, yb).mean()
+        return optax.softmax_cross_entropy_with_integer_labels(logits, yb).mean()
+
+    def train_one(weight_decay, key):
+        init_key, data_key = jax.random.split(key)
+        params = head.init(init_key, x[:1])["params"]
+        optimizer = optax.adamw(schedule, weight_decay=weight_decay)
+
+        def step(carry, key):
+            params, opt_state = carry
+            idx = jax.random.randint(key, (batch_size,), 0, x.shape[0])
+            grads = jax.grad(loss_fn)(params, x[idx], y[idx])
+            updates, opt_state = optimizer.update(grads, opt_state, params)
+            return (optax.apply_updates(params, updates), opt_state), None
+
+        (params, _), _ = jax.lax.scan(step, (params, optimizer.init(params)),
+                                      jax.random.split(data_key, steps))
+        return params
+
+    decays = jnp.asarray(weight_decays, jnp.float32)
+    keys = jnp.broadcast_to(jax.random.PRNGKey(seed), (len(weight_decays), 2))
+    return head, jax.jit(jax.vmap(train_one))(decays, keys)
+
+
+def run_probe(encoder: AudioEncoder, train: Split, test: Split, classes: list[str], *,
+              head: str = "linear", hidden: int = 256, noise_snrs=(), val_fraction: float = 0.2,
+              weight_decays=WEIGHT_DECAYS, steps: int = 1000, batch_size: int = 256,
+              lr: float = 1e-3, batch_clips: int = 16, window: bool = True,
+              seed: int = 0) -> dict:
+    """Embed, fit the sweep, select on validation, score on test (and noisy test)."""
+    embed = dict(batch_clips=batch_clips, window=window, seed=seed)
+    train_x = embed_split(encoder, train, desc="embed train", **embed)
+    test_x = embed_split(encoder, test, desc="embed test", **embed)
+    fit_idx, val_idx = validation_split(train.labels, val_fraction, seed)
+    if not len(val_idx):
+        raise ValueError("no validation clips: the probe needs 2 or more training clips per class")
+    mean = train_x[fit_idx].mean(0)
+    std = train_x[fit_idx].std(0) + 1e-6
+    standardise = lambda x: (x - mean) / std  # noqa: E731
+
+    head_module, sweep = train_heads(
+        standardise(train_x[fit_idx]), train.labels[fit_idx], num_classes=len(classes),
+        hidden=hidden if head == "mlp" else 0, weight_decays=weight_decays, steps=steps,
+        batch_size=batch_size, lr=lr, seed=seed)
+    predict = jax.jit(jax.vmap(lambda p, x: head_module.apply({"params": p}, x),
+                               in_axes=(0, None)))
+    val_scores = [score(l, train.labels[val_idx]) for l in
+                  np.asarray(predict(sweep, standardise(train_x[val_idx])))]
+    best = int(np.argmax(val_scores))
+
+    def test_score(x):
+        return score(np.asarray(predict(sweep, standardise(x)))[best], test.labels)
+
+    multi = train.labels.ndim == 2
+    results = {
+        "encoder_source": encoder.config.get("source", {}),
+        "head": head,
+        "metric": "mAP" if multi else "accuracy",
+        "classes": classes,
+        "num_train": int(len(fit_idx)), "num_val": int(len(val_idx)),
+        "num_test": int(len(test.labels)),
+        # Chance: 1/classes (accuracy); the mean prevalence of the scored classes (mAP).
+        "chance": (float(np.mean([c.mean() for c in test.labels.T if c.any()])) if multi
+                   else 1.0 / len(classes)),
+        "weight_decay_sweep": {str(wd): s for wd, s in zip(weight_decays, val_scores)},
+        "weight_decay": float(weight_decays[best]),
+        "val": val_scores[best],
+        "test": test_score(test_x),
+    }
+    if noise_snrs:
+        results["test_noisy"] = {
+            str(snr): test_score(embed_split(encoder, test, snr_db=float(snr),
+                                             desc=f"embed test @ {snr} dB", **embed))
+            for snr in noise_snrs}
+    return results
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(
+        prog="python -m wavjepa_jax.probe", description=__doc__.split("\n\n")[0],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="\n\n".join(__doc__.split("\n\n")[1:]))
+    parser.add_argument("--encoder", required=True, help="Exported encoder directory.")
+    parser.add_argument("--data", required=True,
+                        help="DATA folder with train/ and test/ class folders, or tfds:NAME.")
+    parser.add_argument("--out", required=True, help="Where to write the results JSON.")
+    parser.add_argument("--head", choices=("linear", "mlp"), default="linear")
+    parser.add_argument("--hidden", type=int, default=256, help="MLP hidden width.")
+    parser.add_argument("--noise-snr", default="",
+                        help="Comma-separated SNRs (dB) at which to also score noisy test clips.")
+    parser.add_argument("--random-init", action="store_true",
+                        help="Probe an untrained encoder of the same config (the baseline).")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--val-fraction", type=float, default=0.2)
+    parser.add_argument("--weight-decays", default=",".join(map(str, WEIGHT_DECAYS)),
+                        help="Comma-separated AdamW weight decays to select from on validation.")
+    parser.add_argument("--steps", type=int, default=1000, help="Optimiser steps per head.")
+    parser.add_argument("--batch-size", type=int, default=256)
+    parser.add_argument("--lr", type=float, default=1e-3)
+    parser.add_argument("--batch-clips", type=int, default=16, help="Clips per embed call.")
+    parser.add_argument("--whole", action="store_true",
+                        help="Encode each clip as one sequence instead of 2.01 s windows "
+                             "(compiles once per distinct clip length).")
+    parser.add_argument("--tfds-data-dir", default=None)
+    parser.add_argument("--train-split", default="train")
+    parser.add_argument("--test-split", default="test")
+    parser.add_argument("--audio-key", default="audio")
+    parser.add_argument("--label-key", default="label")
+    args = parser.parse_args(argv)
+
+    if args.random_init:
+        encoder = AudioEncoder.random_init(export.read_config(args.encoder), seed=args.seed)
+    else:
+        encoder = load_encoder(args.encoder)
+    if args.data.startswith("tfds:"):
+        train, test, classes = tfds_splits(args.data[5:], args.tfds_data_dir, args.train_split,
+                                           args.test_split, args.audio_key, args.label_key)
+    else:
+        train, test, classes = folder_splits(args.data)
+    results = run_probe(
+        encoder, train, test, classes, head=args.head, hidden=args.hidden,
+        noise_snrs=[float(s) for s in args.noise_snr.split(",") if s.strip()],
+        val_fraction=args.val_fraction,
+        weight_decays=[float(w) for w in args.weight_decays.split(",")], steps=args.steps,
+        batch_size=args.batch_size, lr=args.lr, batch_clips=args.batch_clips,
+        window=not args.whole, seed=args.seed)
+    results.update(encoder=args.encoder, data=args.data, random_init=args.random_init)
+    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
+    with open(args.out, "w") as f:
+        json.dump(results, f, indent=2)
+        f.write("\n")
+    metric = results["metric"]
+    print(f"{metric}: test {results['test']:.4f}  val {results['val']:.4f}  "
+          f"chance {results['chance']:.4f}  (weight decay {results['weight_decay']:g}, "
+          f"{'random-init' if args.random_init else 'trained'} encoder, {args.head} head)")
+    for snr, value in results.get("test_noisy", {}).items():
+        print(f"{metric}: test @ {snr} dB SNR {value:.4f}")
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
