@@ -7,6 +7,7 @@ import jax
 import numpy as np
 import pytest
 import soundfile
+import tensorflow_datasets as tfds
 
 from test_export import train_tiny
 from wavjepa_jax import export, probe
@@ -82,6 +83,47 @@ def test_random_init_baseline_with_an_mlp_head(trained_encoder, dataset, tmp_pat
     results = json.loads(out.read_text())
     assert results["random_init"] and results["encoder_source"]["kind"] == "random_init"
     assert results["head"] == "mlp" and 0.0 <= results["test"] <= 1.0
+
+
+class WavjepaProbeTones(tfds.core.GeneratorBasedBuilder):
+    """8 kHz int16 tones: a single label (low/high pitch) and multi-label tags."""
+
+    VERSION = tfds.core.Version("1.0.0")
+
+    def _info(self):
+        return tfds.core.DatasetInfo(builder=self, features=tfds.features.FeaturesDict({
+            "audio": tfds.features.Audio(shape=(None,), dtype=np.int16, sample_rate=8_000),
+            "label": tfds.features.ClassLabel(names=["low", "high"]),
+            "tags": tfds.features.Sequence(tfds.features.ClassLabel(names=["a", "b", "c"])),
+        }))
+
+    def _split_generators(self, dl_manager):
+        del dl_manager
+        return {"train": self._generate_examples(12, 0), "test": self._generate_examples(6, 1)}
+
+    def _generate_examples(self, count, seed):
+        rng = np.random.default_rng(seed)
+        time = np.arange(6_000) / 8_000
+        for index in range(2 * count):
+            high = index % 2
+            frequency = rng.uniform(1_500, 2_500) if high else rng.uniform(100, 300)
+            wave = (8_000 * np.sin(2 * np.pi * frequency * time)).astype(np.int16)
+            yield index, {"audio": wave, "label": high, "tags": [high, 2] if index % 3 else [2]}
+
+
+@pytest.mark.parametrize("label_key,metric", [("label", "accuracy"), ("tags", "mAP")])
+def test_probe_on_a_tfds_dataset(trained_encoder, tmp_path_factory, tmp_path, label_key, metric):
+    data_dir = str(tmp_path_factory.getbasetemp() / "tfds")
+    if not os.path.isdir(data_dir):
+        WavjepaProbeTones(data_dir=data_dir, file_format="array_record").download_and_prepare()
+    out = tmp_path / "results.json"
+    probe.main(["--encoder", trained_encoder, "--data", "tfds:wavjepa_probe_tones",
+                "--tfds-data-dir", data_dir, "--label-key", label_key, "--out", str(out),
+                "--steps", "100"])
+    results = json.loads(out.read_text())
+    assert results["metric"] == metric and results["num_test"] == 12
+    assert results["classes"] == (["low", "high"] if label_key == "label" else ["a", "b", "c"])
+    assert 0.0 <= results["test"] <= 1.0
 
 
 def test_multi_label_heads_report_map():

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import io
 import json
 import os
 import sys
@@ -37,6 +36,7 @@ from wavjepa_jax.data import audio as audio_lib
 from wavjepa_jax.encoder_api import AudioEncoder, load_encoder
 
 WEIGHT_DECAYS = (0.0, 1e-3, 1e-2, 1e-1, 1.0)
+WHOLE_CLIP_SECONDS = 1e9  # A TfdsSource window longer than any clip: the whole clip.
 
 
 # --- data -----------------------------------------------------------------------------------
@@ -48,7 +48,6 @@ class Split:
 
     read: Callable[[int], tuple[np.ndarray, int]]
     labels: np.ndarray
-    names: list[str]
 
 
 def folder_splits(root: str) -> tuple[Split, Split, list[str]]:
@@ -74,7 +73,7 @@ def folder_splits(root: str) -> tuple[Split, Split, list[str]]:
             labels += [label] * len(files)
         if not paths:
             raise ValueError(f"no audio files under {os.path.join(root, name)}")
-        return Split(lambda i: audio_lib.load_audio(paths[i]), np.array(labels), paths)
+        return Split(lambda i: audio_lib.load_audio(paths[i]), np.array(labels))
 
     return split("train"), split("test"), classes
 
@@ -82,32 +81,32 @@ def folder_splits(root: str) -> tuple[Split, Split, list[str]]:
 def tfds_splits(name: str, data_dir: str | None, train_split: str, test_split: str,
                 audio_key: str, label_key: str) -> tuple[Split, Split, list[str]]:
     """A prepared TFDS dataset (array_record files; nothing is downloaded)."""
+    import tensorflow_datasets as tfds
+
     from wavjepa_jax.data.tfds_source import TfdsSource
 
     def split(split_name):
         source = TfdsSource(name, split=split_name, data_dir=data_dir, audio_key=audio_key,
                             sample_rate=0)
-        feature = source.records.dataset_info.features.get(label_key)
-        if feature is None:
-            raise ValueError(f"{name!r} has no label feature {label_key!r}")
+        features = source.records.dataset_info.features
+        if label_key not in features:
+            raise ValueError(f"{name!r} has no label feature {label_key!r} "
+                             f"(features: {sorted(features.keys())})")
+        feature = features[label_key]
         multi = hasattr(feature, "feature")
         classes = list((feature.feature if multi else feature).names)
 
-        def read(i):
-            value = source.records[i][audio_key]
-            if isinstance(value, bytes):
-                return audio_lib.load_audio(io.BytesIO(value))
-            samples = audio_lib.pcm_to_float(np.asarray(value))
-            return (samples[None] if samples.ndim == 1 else samples.T), source.sample_rate
-
-        raw = [np.asarray(source.records[i][label_key]) for i in range(len(source))]
+        # Labels through a second reader that leaves the audio undecoded.
+        labels_only = tfds.data_source(name, split=split_name, data_dir=data_dir, download=False,
+                                       decoders={audio_key: tfds.decode.SkipDecoding()})
+        raw = [np.asarray(labels_only[i][label_key]) for i in range(len(labels_only))]
         if multi:
             labels = np.zeros((len(raw), len(classes)), np.float32)
             for row, value in enumerate(raw):
                 labels[row, value.astype(int)] = 1.0
         else:
             labels = np.array([int(v) for v in raw])
-        return Split(read, labels, [f"{name}/{split_name}[{i}]" for i in range(len(raw))]), classes
+        return Split(lambda i: source.read(i, None, WHOLE_CLIP_SECONDS), labels), classes
 
     (train, classes), (test, _) = split(train_split), split(test_split)
     return train, test, classes
