@@ -167,6 +167,8 @@ def _train_loop(config, workdir, mesh, model, optimizer, shardings, abstract_sta
         checkpoint.write_config(workdir, config)
     data_iter = data.make_train_iterator(config, process_index=jax.process_index(),
                                          process_count=jax.process_count())
+    log.info("process %d of %d reads its own %d crops of each %d-crop batch", jax.process_index(),
+             jax.process_count(), config.batch_size // jax.process_count(), config.batch_size)
     with (checkpoint.StopSignal() as stop,
           checkpoint.Checkpointer(workdir, config) as checkpoints,
           contextlib.closing(MetricWriter(workdir, enabled=is_chief)) as writer):
