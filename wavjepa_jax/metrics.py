@@ -1,6 +1,7 @@
 """Metric sinks: DIR/metrics.jsonl, TensorBoard events under DIR/tb, and a console progress line.
 
-Only process 0 writes; other processes get a writer that drops everything.
+Only process 0 writes; other processes get a writer that drops everything. Paths go through
+etils.epath, so DIR may be a bucket (gs://...; TensorBoard there needs google-cloud-storage).
 """
 
 from __future__ import annotations
@@ -8,10 +9,10 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
 import time
 
 import numpy as np
+from etils import epath
 
 log = logging.getLogger("wavjepa_jax")
 
@@ -27,10 +28,11 @@ class MetricWriter:
         self._jsonl = None
         self._tb = None
         if enabled:
-            os.makedirs(workdir, exist_ok=True)
-            self._jsonl = open(os.path.join(workdir, "metrics.jsonl"), "a", encoding="utf-8")
+            workdir = epath.Path(workdir)
+            workdir.mkdir(parents=True, exist_ok=True)
+            self._jsonl = (workdir / "metrics.jsonl").open("a")
             from tensorboardX import SummaryWriter  # Event files without TensorFlow.
-            self._tb = SummaryWriter(os.path.join(workdir, "tb"))
+            self._tb = SummaryWriter(str(workdir / "tb"))
 
     def write(self, step: int, metrics: dict) -> None:
         if not self.enabled:

@@ -14,7 +14,6 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-import os
 import sys
 import time
 from typing import Callable, NamedTuple
@@ -24,6 +23,8 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
+import optax
+from etils import epath
 
 from wavjepa_jax import checkpoint, configuration, distributed, sharding
 from wavjepa_jax.metrics import MetricWriter, Progress
@@ -114,7 +115,7 @@ def run(config: ml_collections.ConfigDict, workdir: str, dry_run: bool = False) 
     sharding.check_batch_divisible(config, mesh)
     is_chief = jax.process_index() == 0
     if is_chief:
-        os.makedirs(workdir, exist_ok=True)
+        epath.Path(workdir).mkdir(parents=True, exist_ok=True)
     log.info("mesh %s over %d devices, %d processes", dict(mesh.shape), jax.device_count(),
              jax.process_count())
 
@@ -149,8 +150,7 @@ def _dry_run(config, workdir, mesh, train_step, abstract_state, is_chief) -> dic
         summary.update(flops_per_step=flops["flops_per_step"],
                        flops_per_crop=flops["flops_per_crop"])
     if is_chief:
-        with open(os.path.join(workdir, "summary.json"), "w") as f:
-            json.dump(summary, f, indent=2)
+        (epath.Path(workdir) / "summary.json").write_text(json.dumps(summary, indent=2))
         print(json.dumps(summary, indent=2))
     return summary
 
