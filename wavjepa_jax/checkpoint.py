@@ -91,7 +91,8 @@ class Checkpointer:
             except Exception as e:  # Any failure to read the step: try the one before.
                 restored, error = None, e
                 log.warning("checkpoint %s cannot be restored (%s: %s); trying an older one",
-                            self.directory / str(step), type(e).__name__, str(e)[:500])
+                            self.directory / str(step), type(e).__name__,
+                            " ".join(str(e).split())[:500])
             if _on_every_process(restored is not None):
                 if failed:
                     log.warning("restored step %d instead of the newer unreadable step(s) %s",
