@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import signal
 import threading
 import time
@@ -41,8 +40,7 @@ class CheckpointError(RuntimeError):
 
 def write_config(workdir: str, config: ml_collections.ConfigDict) -> None:
     """WORKDIR/config.json, so export tools can rebuild the model without the checkpoint."""
-    with open(os.path.join(workdir, "config.json"), "w", encoding="utf-8") as f:
-        f.write(config.to_json(indent=2, sort_keys=True))
+    (epath.Path(workdir) / "config.json").write_text(config.to_json(indent=2, sort_keys=True))
 
 
 def with_shardings(abstract_state, shardings):
