@@ -1,9 +1,13 @@
 """Exporting a training run's encoder (wavjepa_jax.export) and loading it back."""
 
+import atexit
+import functools
 import json
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 
 import flax.linen as nn
 import jax
@@ -19,9 +23,13 @@ from wavjepa_jax.model import WavJEPA
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def train_tiny(workdir, steps=2):
+@functools.cache
+def trained_run(steps=2):
     """A few steps of the tiny config through the training CLI, on one CPU device (the test
-    session's 8 fake devices make the step's compile several times slower)."""
+    session's 8 fake devices make the step's compile several times slower). Cached for the test
+    process, so test_probe reads the same run instead of training again."""
+    workdir = tempfile.mkdtemp(prefix="wavjepa_tiny_run_")
+    atexit.register(shutil.rmtree, workdir, ignore_errors=True)
     env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=1",
                JAX_PLATFORMS="cpu")
     subprocess.run(
@@ -30,13 +38,12 @@ def train_tiny(workdir, steps=2):
          "--config.data.crops_per_clip=4", f"--config.log_every={steps}",
          "--config.checkpoint.async_save=False"],
         cwd=REPO, env=env, check=True, capture_output=True)
+    return workdir
 
 
 @pytest.fixture(scope="module")
-def run_dir(tmp_path_factory):
-    workdir = str(tmp_path_factory.mktemp("run"))
-    train_tiny(workdir)
-    return workdir
+def run_dir():
+    return trained_run()
 
 
 @pytest.fixture(scope="module")

@@ -9,7 +9,7 @@ import pytest
 import soundfile
 import tensorflow_datasets as tfds
 
-from test_export import train_tiny
+from test_export import trained_run
 from wavjepa_jax import export, probe
 
 RATE = 22_050  # Not the encoder's rate: the probe resamples.
@@ -52,10 +52,9 @@ def dataset(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def trained_encoder(tmp_path_factory):
-    run, out = tmp_path_factory.mktemp("run"), tmp_path_factory.mktemp("encoder")
-    train_tiny(str(run))
-    export.export_run(str(run), str(out))
-    return str(out)
+    out = str(tmp_path_factory.mktemp("encoder"))
+    export.export_run(trained_run(), out)
+    return out
 
 
 def test_probe_cli_beats_chance_with_a_trained_encoder(trained_encoder, dataset, tmp_path,

@@ -24,7 +24,6 @@ from __future__ import annotations
 import argparse
 import hashlib
 import os
-import re
 import sys
 
 import jax
@@ -106,7 +105,8 @@ def infer_architecture(state: dict[str, np.ndarray], strides=None, heads=None) -
     while any(k.startswith(LAYER_PREFIX.format(depth)) for k in state):
         depth += 1
     in_proj = state.get(LAYER_PREFIX.format(0) + "self_attn.in_proj_weight")
-    width = int(in_proj.shape[1]) if in_proj is not None and in_proj.ndim == 2 else base.encoder_width
+    width = (int(in_proj.shape[1]) if in_proj is not None and in_proj.ndim == 2
+             else base.encoder_width)
     linear1 = state.get(LAYER_PREFIX.format(0) + "linear1.weight")
     mlp = int(linear1.shape[0]) if linear1 is not None and linear1.ndim == 2 else 4 * width
     heads = heads or max(width // 64, 1)
@@ -244,13 +244,11 @@ def convert(checkpoint: str, out_dir: str, *, strides=None, heads=None,
     params = to_flax(state, model)
     with open(checkpoint, "rb") as f:
         digest = hashlib.file_digest(f, "sha256").hexdigest()
-    save_encoder_args = dict(sample_rate=configuration.SAMPLE_RATE,
-                             chunk_samples=configuration.CROP_SAMPLES,
-                             source={"kind": "pytorch_release",
-                                     "checkpoint": os.path.basename(checkpoint),
-                                     "sha256": digest})
-    export.save_encoder(out_dir, params, model, **save_encoder_args)
-    dropped = sorted({re.split(r"[.]", k)[0] for k in ignored})
+    export.save_encoder(out_dir, params, model, sample_rate=configuration.SAMPLE_RATE,
+                        chunk_samples=configuration.CROP_SAMPLES,
+                        source={"kind": "pytorch_release",
+                                "checkpoint": os.path.basename(checkpoint), "sha256": digest})
+    dropped = sorted({k.split(".")[0] for k in ignored})
     return {"model": model, "converted": len(expected_shapes(model, in_channels)),
             "dropped_training_only": len(ignored), "dropped_parts": dropped}
 

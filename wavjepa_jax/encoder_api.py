@@ -24,8 +24,8 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from typing import Sequence
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -96,10 +96,9 @@ def _split_input(audio) -> tuple[list[np.ndarray], str]:
                      f"or a list of clips, got shape {array.shape}")
 
 
-def _bucket(n: int, cap: int | None = None) -> int:
-    """The smallest power of two >= n (capped)."""
-    size = 1 << max(n - 1, 0).bit_length()
-    return min(size, cap) if cap else size
+def _bucket(n: int, cap: int) -> int:
+    """The smallest power of two >= n, at most cap."""
+    return min(1 << max(n - 1, 0).bit_length(), cap)
 
 
 @dataclasses.dataclass
@@ -117,14 +116,14 @@ class AudioEncoder:
 
     def __init__(self, params: dict, config: dict, *, dtype: str | None = None,
                  max_batch: int = 32):
+        dtype = dtype or "float32"
+        if dtype not in DTYPES:
+            raise ValueError(f"dtype={dtype!r} must be one of {sorted(DTYPES)}")
+        if max_batch < 1:
+            raise ValueError(f"max_batch={max_batch} must be positive")
         self.config = config
         model_config = export.build_model_config(config["model"])
-        if dtype is not None:
-            if dtype not in DTYPES:
-                raise ValueError(f"dtype={dtype!r} must be one of {sorted(DTYPES)}")
-            model_config.dtype = dtype
-        else:
-            model_config.dtype = "float32"
+        model_config.dtype = dtype
         model = WavJEPA.from_config(model_config)
         self.frontend, self.encoder = model.frontend, model.encoder
         self.params = jax.device_put({"frontend": params["frontend"], "encoder": params["encoder"]})
@@ -143,7 +142,6 @@ class AudioEncoder:
     @classmethod
     def random_init(cls, config: dict, seed: int = 0, **kwargs) -> "AudioEncoder":
         """An untrained encoder of the same architecture: the baseline every probe must beat."""
-        import flax.linen as nn
         model = WavJEPA.from_config(export.build_model_config(config["model"]))
         samples, _ = receptive_field(config["model"]["conv_layers"])  # One frame suffices.
         channels = int(config["audio"]["in_channels"])
@@ -213,10 +211,7 @@ class AudioEncoder:
         if self.in_channels == 1:
             clip = audio_lib.to_mono(clip)
         else:
-            try:
-                clip = audio_lib.to_channels(clip, self.in_channels)
-            except audio_lib.BadAudio as e:
-                raise ValueError(str(e)) from e
+            clip = audio_lib.to_channels(clip, self.in_channels)  # BadAudio is a ValueError.
         clip = audio_lib.resample(clip, sample_rate, self.sample_rate)
         return audio_lib.rms_normalise(clip, self.rms_dbfs)
 
@@ -274,5 +269,3 @@ def load_encoder(directory: str | os.PathLike, *, dtype: str | None = None,
     params, config = export.load_exported(os.fspath(directory))
     return AudioEncoder(params, config, dtype=dtype, max_batch=max_batch)
 
-
-__all__: Sequence[str] = ("AudioEncoder", "Embeddings", "load_encoder")

@@ -230,7 +230,8 @@ def main(argv=None) -> None:
     parser = argparse.ArgumentParser(
         prog="python -m wavjepa_jax.export", description=__doc__.split("\n\n")[0],
         epilog="Load the result with wavjepa_jax.load_encoder(DIR); see docs/downstream.md.")
-    parser.add_argument("--workdir", required=True, help="Training run directory (train --workdir).")
+    parser.add_argument("--workdir", required=True,
+                        help="Training run directory (train --workdir).")
     parser.add_argument("--out", required=True, help="Directory to write the encoder into.")
     parser.add_argument("--step", type=int, default=None,
                         help="Checkpoint step to export (default: the latest).")

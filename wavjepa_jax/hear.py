@@ -3,7 +3,8 @@
     from wavjepa_jax import hear
     model = hear.load_model("exported/")                 # or $WAVJEPA_JAX_ENCODER
     scene = hear.get_scene_embeddings(audio, model)      # [n_sounds, 768]
-    frames, ms = hear.get_timestamp_embeddings(audio, model)  # [n_sounds, n_frames, 768], [n_sounds, n_frames]
+    frames, ms = hear.get_timestamp_embeddings(audio, model)
+    # frames [n_sounds, n_frames, 768], ms [n_sounds, n_frames]
 
 `audio` is float32 [n_sounds, n_samples] at `model.sample_rate` (16 kHz). Embeddings follow the
 release: 2.01 s windows, frame embeddings at 100 Hz, the scene embedding their mean. Timestamps

@@ -128,6 +128,8 @@ def embed_split(encoder: AudioEncoder, split: Split, *, batch_clips: int, window
         batch = []
         for i in range(first, min(first + batch_clips, len(split.labels))):
             clip, rate = split.read(i)
+            if encoder.in_channels == 1:
+                clip = audio_lib.to_mono(clip)  # Noise at the SNR the encoder will see.
             clip = audio_lib.resample(clip, rate, encoder.sample_rate)
             if snr_db is not None:
                 clip = white_noise(clip, snr_db, np.random.default_rng([seed, i]))
