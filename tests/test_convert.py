@@ -7,6 +7,7 @@ positions, post-norm nn.TransformerEncoderLayer blocks and a final LayerNorm. Ra
 """
 
 import copy
+import sys
 
 import jax
 import numpy as np
@@ -225,3 +226,36 @@ def test_cli_converts_and_reports(tmp_path, capsys):
     with pytest.raises(SystemExit, match="does not match"):
         torch.save({"state_dict": {"x": torch.ones(1)}}, tmp_path / "bad.ckpt")
         convert.main(["--checkpoint", str(tmp_path / "bad.ckpt"), "--out", str(tmp_path / "o2")])
+
+
+def test_pickled_objects_need_trust_pickle(tmp_path):
+    """Lightning stores hyper-parameters such as the release's nn.GELU() activation by pickle."""
+    model = release_model()
+    path = tmp_path / "pickled.ckpt"
+    torch.save({"state_dict": model.state_dict(),
+                "hyper_parameters": {"activation": nn.GELU()}}, path)
+    with pytest.raises(convert.ConversionError, match="--trust-pickle"):
+        convert.convert(str(path), str(tmp_path / "out"), heads=4)
+    convert.convert(str(path), str(tmp_path / "out"), heads=4, trust_pickle=True)
+    assert (tmp_path / "out" / "encoder.safetensors").exists()
+
+
+def test_bfloat16_safetensors_are_widened(tmp_path):
+    safetensors_torch = pytest.importorskip("safetensors.torch")
+    values = torch.randn(3, 5).to(torch.bfloat16)
+    safetensors_torch.save_file({"w": values}, str(tmp_path / "bf16.safetensors"))
+    state = convert.load_state_dict(str(tmp_path / "bf16.safetensors"))
+    np.testing.assert_array_equal(state["w"], values.float().numpy())
+
+
+def test_missing_torch_is_a_clear_import_error(monkeypatch, tmp_path):
+    monkeypatch.setitem(sys.modules, "torch", None)
+    with pytest.raises(ImportError, match=r"wavjepa_jax\[convert\]"):
+        convert.load_state_dict(str(tmp_path / "release.ckpt"))
+
+
+def test_cli_help(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        convert.main(["--help"])
+    assert exit_info.value.code == 0
+    assert "--checkpoint" in capsys.readouterr().out
