@@ -226,12 +226,12 @@ def run_probe(encoder: AudioEncoder, train: Split, test: Split, classes: list[st
               lr: float = 1e-3, batch_clips: int = 16, window: bool = True,
               seed: int = 0) -> dict:
     """Embed, fit the sweep, select on validation, score on test (and noisy test)."""
-    embed = dict(batch_clips=batch_clips, window=window, seed=seed)
-    train_x = embed_split(encoder, train, desc="embed train", **embed)
-    test_x = embed_split(encoder, test, desc="embed test", **embed)
     fit_idx, val_idx = validation_split(train.labels, val_fraction, seed)
     if not len(val_idx):
         raise ValueError("no validation clips: the probe needs 2 or more training clips per class")
+    embed = dict(batch_clips=batch_clips, window=window, seed=seed)
+    train_x = embed_split(encoder, train, desc="embed train", **embed)
+    test_x = embed_split(encoder, test, desc="embed test", **embed)
     mean = train_x[fit_idx].mean(0)
     std = train_x[fit_idx].std(0) + 1e-6
     standardise = lambda x: (x - mean) / std  # noqa: E731
@@ -242,8 +242,8 @@ def run_probe(encoder: AudioEncoder, train: Split, test: Split, classes: list[st
         batch_size=batch_size, lr=lr, seed=seed)
     predict = jax.jit(jax.vmap(lambda p, x: head_module.apply({"params": p}, x),
                                in_axes=(0, None)))
-    val_scores = [score(l, train.labels[val_idx]) for l in
-                  np.asarray(predict(sweep, standardise(train_x[val_idx])))]
+    val_scores = [score(logits, train.labels[val_idx])
+                  for logits in np.asarray(predict(sweep, standardise(train_x[val_idx])))]
     best = int(np.argmax(val_scores))
 
     def test_score(x):
