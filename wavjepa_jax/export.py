@@ -34,7 +34,7 @@ FORMAT = "wavjepa_jax.encoder"
 FORMAT_VERSION = 1
 WEIGHTS_FILE = "encoder.safetensors"
 CONFIG_FILE = "config.json"
-RMS_DBFS = -14.0
+RMS_DBFS = -14.0  # The release's loudness normalisation, before chunks are standardised.
 
 # The model-config fields an encoder needs; everything else (predictor, masking) is training-only.
 ENCODER_FIELDS = ("conv_layers", "conv_norm", "encoder_width", "encoder_depth", "encoder_heads",
@@ -152,7 +152,7 @@ def build_model_config(model: dict):
 # --- the exported directory -------------------------------------------------------------------
 
 def save_encoder(out_dir: str, params: dict, model_config, *, sample_rate: int,
-                 chunk_samples: int, source: dict) -> None:
+                 chunk_samples: int, source: dict, rms_dbfs: float = RMS_DBFS) -> None:
     """Write `params` ({'frontend', 'encoder'}, scanned or unrolled) and their config to out_dir."""
     model = encoder_model_config(model_config)
     tree = {"frontend": params["frontend"], "encoder": stack_blocks(params["encoder"])}
@@ -163,7 +163,7 @@ def save_encoder(out_dir: str, params: dict, model_config, *, sample_rate: int,
         "format_version": FORMAT_VERSION,
         "model": model,
         "audio": {"sample_rate": int(sample_rate), "chunk_samples": int(chunk_samples),
-                  "rms_dbfs": RMS_DBFS, "in_channels": in_channels},
+                  "rms_dbfs": float(rms_dbfs), "in_channels": in_channels},
         "source": source,
     }
     os.makedirs(out_dir, exist_ok=True)
@@ -220,7 +220,7 @@ def export_run(workdir: str, out_dir: str, step: int | None = None,
     weights = params["encoder"] if encoder == "context" else state["target_params"]
     save_encoder(out_dir, {"frontend": params["frontend"], "encoder": weights},
                  config["model"], sample_rate=config["data"]["sample_rate"],
-                 chunk_samples=config["data"]["crop_samples"],
+                 chunk_samples=config["data"]["crop_samples"], rms_dbfs=config["data"]["rms_dbfs"],
                  source={"kind": "training_run", "workdir": os.path.abspath(workdir),
                          "step": int(step), "encoder": encoder})
     return read_config(out_dir)
