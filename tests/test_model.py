@@ -82,7 +82,7 @@ def release_style_predictor(model, params, context, context_idx, target_idx, num
     stack = TransformerStack(cfg.depth, cfg.width, cfg.heads, cfg.mlp, cfg.norm_first, cfg.eps,
                              scan=cfg.scan)
     out = stack.apply({"params": p["transformer"]}, seq, keep)
-    out = layer_norm(cfg.eps, "n").apply({"params": p["final_norm"]}, out)
+    out = layer_norm(1e-5, "n").apply({"params": p["final_norm"]}, out)
     out = dense("output_projection", out)
     return jnp.take_along_axis(out, target_idx[..., None], axis=1)
 

@@ -23,6 +23,8 @@ from wavjepa_jax.positions import sincos_embedding
 from wavjepa_jax.transformer import TransformerStack, layer_norm
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+# The release's final norms are nn.LayerNorm(width) with torch's default eps, unlike its blocks.
+FINAL_NORM_EPS = 1e-5
 
 
 class Encoder(nn.Module):
@@ -47,7 +49,7 @@ class Encoder(nn.Module):
         """
         stack = TransformerStack(self.depth, self.width, self.heads, self.mlp, self.norm_first,
                                  self.eps, self.dtype, self.scan, self.remat, name="transformer")
-        final_norm = layer_norm(self.eps, "final_norm")
+        final_norm = layer_norm(FINAL_NORM_EPS, "final_norm")
         if return_all_layers:
             last, layers = stack(tokens, valid, return_all=True)
             return final_norm(last), layers
@@ -94,7 +96,7 @@ class Predictor(nn.Module):
         tokens = TransformerStack(self.depth, self.width, self.heads, self.mlp, self.norm_first,
                                   self.eps, self.dtype, self.scan, self.remat,
                                   name="transformer")(tokens, valid)
-        tokens = layer_norm(self.eps, "final_norm")(tokens)[:, context.shape[1]:]
+        tokens = layer_norm(FINAL_NORM_EPS, "final_norm")(tokens)[:, context.shape[1]:]
         return dense(self.out_width, ("pred_embed", "embed"), "output_projection")(tokens)
 
 
