@@ -63,3 +63,26 @@ def test_each_process_reads_only_its_share_and_only_process_zero_writes_metrics(
         assert "8 global devices" in logs[i] or "8 devices" in logs[i]
     assert f"step {STEPS}/{STEPS}" in logs[0] and f"step {STEPS}/{STEPS}" not in logs[1]
     assert (workdir / "metrics.jsonl").exists()
+
+
+def free_port():
+    import socket
+    with socket.socket() as s:
+        s.bind(("localhost", 0))
+        return s.getsockname()[1]
+
+
+def test_processes_started_with_different_configs_stop_with_a_clear_error(tmp_path):
+    port = free_port()
+    env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS="--xla_force_host_platform_device_count=1")
+    processes = [subprocess.Popen(
+        [sys.executable, "-m", "wavjepa_jax.train", "--config", "configs/tiny.py",
+         "--workdir", str(tmp_path), f"--config.seed={seed}",
+         "--coordinator_address", f"localhost:{port}", "--num_processes", "2",
+         "--process_id", str(i)],
+        cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        for i, seed in enumerate((0, 1))]
+    outputs = [p.communicate(timeout=300) for p in processes]
+    for process, (_, stderr) in zip(processes, outputs):
+        assert process.returncode != 0
+        assert "started with a config different from process 0's" in stderr

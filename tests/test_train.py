@@ -30,7 +30,7 @@ def tiny_config(**mesh):
     return config
 
 
-def run_steps(config, devices, batches):
+def run_steps(config, devices, batches, training_out=None):
     """Train on fixed batches under a mesh over `devices`; return losses and the final state."""
     mesh = sharding.make_mesh(config, devices)
     training = train.build(config, mesh)
@@ -40,6 +40,8 @@ def run_steps(config, devices, batches):
         for audio in batches:
             state, metrics = training.train_step(state, train.global_batch(audio, mesh))
             losses.append(float(metrics["loss"]))
+    if training_out is not None:
+        training_out.append(training)
     return losses, state
 
 
@@ -51,7 +53,16 @@ def batches():
 
 @pytest.fixture(scope="module")
 def single_device_run(batches):
-    return run_steps(tiny_config(), jax.devices()[:1], batches)
+    trainings = []
+    losses, state = run_steps(tiny_config(), jax.devices()[:1], batches, trainings)
+    return losses, state, trainings[0]
+
+
+def test_one_compile_serves_every_step_whatever_the_masks(single_device_run):
+    # Five steps drew five different sets of per-example masks (keys fold in the step).
+    losses, state, training = single_device_run
+    assert int(state.step) == 5 and len(set(losses)) == 5
+    assert training.train_step._cache_size() == 1
 
 
 @pytest.mark.parametrize("mesh", [dict(data=8), dict(data=2, fsdp=4),
@@ -145,6 +156,13 @@ def cli(*args, devices=1, timeout=600):
                JAX_PLATFORMS="cpu")
     return subprocess.run([sys.executable, "-m", "wavjepa_jax.train", *args], cwd=REPO, env=env,
                           capture_output=True, text=True, timeout=timeout)
+
+
+def test_top_k_deeper_than_the_encoder_is_refused():
+    config = tiny_config()
+    config.model.top_k_layers = config.model.encoder_depth + 1
+    with pytest.raises(ValueError, match=r"model\.top_k_layers=3"):
+        configuration.validate(config)
 
 
 def test_unknown_override_key_stops_at_start_up(tmp_path):

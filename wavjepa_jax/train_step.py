@@ -76,7 +76,7 @@ def make_train_step(model: WavJEPA, config: ml_collections.ConfigDict,
         if nan_steps is not None:
             in_fault = (state.step >= nan_steps[0]) & (state.step <= nan_steps[1])
             loss = jnp.where(in_fault, jnp.nan, loss)
-        grad_norm = optax.global_norm(grads)
+        grad_norm = optax.tree.norm(grads)
         finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
 
         updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
