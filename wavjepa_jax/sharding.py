@@ -61,13 +61,14 @@ def resolve_axis_sizes(sizes: ml_collections.ConfigDict, num_devices: int, what:
     return sizes
 
 
-def make_mesh(config: ml_collections.ConfigDict, devices=None) -> Mesh:
-    """The (data, fsdp, tensor) mesh: ICI sizes from config.mesh, DCN sizes from config.dcn_mesh.
+def device_grid(config: ml_collections.ConfigDict, devices) -> np.ndarray:
+    """Devices arranged as (data, fsdp, tensor): ICI sizes from config.mesh, DCN sizes from
+    config.dcn_mesh.
 
-    With DCN sizes > 1 (several TPU slices or GPU nodes) the mesh is hybrid: the DCN part of each
+    With DCN sizes > 1 (several TPU slices or GPU nodes) the grid is hybrid: the DCN part of each
     axis spans slices/nodes, so slow links only carry that axis's traffic (normally `data`).
     """
-    devices = list(jax.devices() if devices is None else devices)
+    devices = list(devices)
     dcn = {axis: int(config.dcn_mesh[axis]) for axis in MESH_AXES}
     num_slices = math.prod(dcn.values())
     if len(devices) % num_slices:
@@ -76,13 +77,18 @@ def make_mesh(config: ml_collections.ConfigDict, devices=None) -> Mesh:
     ici = resolve_axis_sizes(config.mesh, len(devices) // num_slices, "mesh")
     shape = tuple(ici[axis] * dcn[axis] for axis in MESH_AXES)
     if num_slices > 1:
-        grid = mesh_utils.create_hybrid_device_mesh(
+        return mesh_utils.create_hybrid_device_mesh(
             [ici[a] for a in MESH_AXES], [dcn[a] for a in MESH_AXES], devices,
             allow_split_physical_axes=True)
-    elif len(devices) == len(jax.devices()):
-        grid = mesh_utils.create_device_mesh(shape, devices, allow_split_physical_axes=True)
-    else:
-        grid = np.asarray(devices).reshape(shape)
+    if devices == list(jax.devices()):
+        return mesh_utils.create_device_mesh(shape, devices, allow_split_physical_axes=True)
+    return np.asarray(devices).reshape(shape)
+
+
+def make_mesh(config: ml_collections.ConfigDict, devices=None) -> Mesh:
+    """The (data, fsdp, tensor) mesh over `devices` (default: all), axes in Auto mode so logical
+    sharding constraints apply."""
+    grid = device_grid(config, jax.devices() if devices is None else devices)
     return Mesh(grid, MESH_AXES, axis_types=(AxisType.Auto,) * len(MESH_AXES))
 
 
