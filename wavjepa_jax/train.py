@@ -183,12 +183,17 @@ def _train_loop(config, workdir, mesh, model, optimizer, shardings, abstract_sta
         progress = Progress(config.total_steps, first_step)
         audio_seconds = config.batch_size * config.data.crop_samples / config.data.sample_rate
         skipped_files, last_log_time, last_log_step = 0, time.time(), first_step
-        metrics = {}
+        metrics, previous = {}, None
         for step in range(first_step, config.total_steps):
             batch = next(data_iter)
             skipped_files += int(batch.get("skipped_files", 0))
             state, metrics = train_step(state, global_batch(batch["audio"], mesh))
             done = step + 1
+            if previous is not None:
+                # The previous step is finished by now: reading its counters does not stall the
+                # device, which already runs this step while the host prepares the next batch.
+                _check_finite(config, *previous)
+            previous = (done, metrics)
             if done % config.log_every == 0 or done == config.total_steps:
                 metrics = jax.device_get(metrics)
                 elapsed = time.time() - last_log_time
@@ -200,7 +205,6 @@ def _train_loop(config, workdir, mesh, model, optimizer, shardings, abstract_sta
                 if is_chief:
                     print(progress.line(done, metrics), flush=True)
                 last_log_time, last_log_step = time.time(), done
-            _check_finite(config, done, metrics)
             stopping = stop.requested or checkpoints.reached_preemption(done)
             checkpoints.save(done, state, data_iter, force=stopping or done == config.total_steps)
             if stopping:
@@ -208,6 +212,8 @@ def _train_loop(config, workdir, mesh, model, optimizer, shardings, abstract_sta
                             "exiting. Run the same command again to continue.", done,
                             checkpoints.directory)
                 break
+        if previous is not None:
+            _check_finite(config, *previous)
     return {k: np.asarray(v).item() for k, v in jax.device_get(metrics).items()
             if np.ndim(v) == 0}
 
@@ -215,9 +221,10 @@ def _train_loop(config, workdir, mesh, model, optimizer, shardings, abstract_sta
 def _check_finite(config, done, metrics) -> None:
     """Log a skipped (non-finite) step; stop the run after max_bad_steps of them in a row.
 
-    Fetches two scalars every step: a device sync per step, the price of stopping at the exact step.
-    A skipped step leaves params, EMA target and optimizer state as they were, so checkpoints saved
-    during a bad streak hold the last good weights; no further one is saved once this raises.
+    Called one step late (see the loop), so it costs no device stall; the run still stops at, and
+    reports, the exact step where the limit was reached. A skipped step leaves params, EMA target
+    and optimizer state as they were, so checkpoints saved during a bad streak hold the last good
+    weights; no further one is saved once this raises.
     """
     bad_steps, skipped_steps = map(int, jax.device_get(
         (metrics["bad_steps"], metrics["skipped_steps"])))
