@@ -238,8 +238,12 @@ def main(argv=None) -> None:
     parser.add_argument("--target", action="store_true",
                         help="Export the EMA target encoder instead of the context encoder.")
     args = parser.parse_args(argv)
-    config = export_run(args.workdir, args.out, args.step,
-                        encoder="target" if args.target else "context")
+    from wavjepa_jax.checkpoint import CheckpointError
+    try:
+        config = export_run(args.workdir, args.out, args.step,
+                            encoder="target" if args.target else "context")
+    except CheckpointError as error:
+        parser.exit(2, f"error: {error}\n")
     print(f"exported step {config['source']['step']} of {args.workdir} to {args.out}: "
           f"{json.dumps(config['model'])}")
 
