@@ -151,10 +151,10 @@ def test_model_widths_that_do_not_divide_the_mesh_are_refused():
         train.build(config, sharding.make_mesh(config))
 
 
-def cli(*args, devices=1, timeout=600):
+def cli(*args, devices=1, timeout=600, cwd=REPO):
     env = dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}",
-               JAX_PLATFORMS="cpu")
-    return subprocess.run([sys.executable, "-m", "wavjepa_jax.train", *args], cwd=REPO, env=env,
+               JAX_PLATFORMS="cpu", PYTHONPATH=REPO)
+    return subprocess.run([sys.executable, "-m", "wavjepa_jax.train", *args], cwd=cwd, env=env,
                           capture_output=True, text=True, timeout=timeout)
 
 
@@ -173,10 +173,13 @@ def test_unknown_override_key_stops_at_start_up(tmp_path):
 
 
 def test_cli_tiny_run_writes_metrics_and_the_loss_falls(tmp_path):
-    result = cli("--config", "configs/tiny.py", "--workdir", str(tmp_path),
+    # A relative --workdir, as in the README's first command.
+    result = cli("--config", os.path.join(REPO, "configs/tiny.py"), "--workdir", "run",
                  "--config.total_steps=40", "--config.log_every=5", "--config.batch_size=8",
-                 "--config.data.clip_seconds=2.5")
+                 "--config.data.clip_seconds=2.5", "--config.checkpoint.every=20", cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
+    tmp_path = tmp_path / "run"
+    assert {"20", "40"} <= set(os.listdir(tmp_path / "checkpoints"))
     records = [json.loads(line) for line in open(tmp_path / "metrics.jsonl")]
     losses = [r["loss"] for r in records]
     assert [r["step"] for r in records] == list(range(5, 41, 5))

@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import os
 import sys
 import time
 from typing import Callable, NamedTuple
@@ -111,6 +112,8 @@ def run(config: ml_collections.ConfigDict, workdir: str, dry_run: bool = False) 
     """Train (or, with dry_run, compile and summarise) under `config`, writing into `workdir`."""
     configuration.validate(config)
     distributed.check_same_config(config)
+    if "://" not in workdir:
+        workdir = os.path.abspath(workdir)  # Orbax needs absolute paths; buckets already are.
     mesh = sharding.make_mesh(config)
     sharding.check_batch_divisible(config, mesh)
     is_chief = jax.process_index() == 0
@@ -242,7 +245,12 @@ def _check_finite(config, done, metrics) -> None:
 def main(argv) -> None:
     del argv
     from absl import flags
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    from absl import logging as absl_logging
+    # Our own progress at INFO; libraries (Orbax, XLA start-up) only when something is wrong.
+    # --verbosity=0 (absl's flag) brings their INFO lines back.
+    if not flags.FLAGS["verbosity"].present:
+        absl_logging.set_verbosity(absl_logging.WARNING)
+    logging.getLogger("wavjepa_jax").setLevel(logging.INFO)
     FLAGS = flags.FLAGS
     distributed.initialize(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id)
     run(FLAGS.config, FLAGS.workdir, dry_run=FLAGS.dry_run)
