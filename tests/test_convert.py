@@ -13,7 +13,7 @@ import jax
 import numpy as np
 import pytest
 
-torch = pytest.importorskip("torch")
+import torch  # noqa: E402  (in the test extra: torch==2.13.0)
 from torch import nn  # noqa: E402
 
 from wavjepa_jax import convert, export  # noqa: E402
@@ -175,7 +175,7 @@ def test_release_base_conv_stack_parity(tmp_path):
     """The release's 512-channel conv stack (a one-block transformer keeps it fast)."""
     model = release_model(RELEASE_CONV, width=128, depth=1, heads=2, mlp=256)
     path = tmp_path / "base_conv.safetensors"
-    safetensors_torch = pytest.importorskip("safetensors.torch")
+    import safetensors.torch as safetensors_torch
     safetensors_torch.save_file({k: v.contiguous() for k, v in model.state_dict().items()},
                                 str(path))
     convert.convert(str(path), str(tmp_path / "out"), heads=2)
@@ -241,7 +241,7 @@ def test_pickled_objects_need_trust_pickle(tmp_path):
 
 
 def test_bfloat16_safetensors_are_widened(tmp_path):
-    safetensors_torch = pytest.importorskip("safetensors.torch")
+    import safetensors.torch as safetensors_torch
     values = torch.randn(3, 5).to(torch.bfloat16)
     safetensors_torch.save_file({"w": values}, str(tmp_path / "bf16.safetensors"))
     state = convert.load_state_dict(str(tmp_path / "bf16.safetensors"))
