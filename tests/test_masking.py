@@ -133,3 +133,24 @@ def test_release_mode_context_capacity_must_fit_the_sequence():
     cfg.mode, cfg.context_capacity = "release", 201
     with pytest.raises(ValueError, match=r"mask\.context_capacity"):
         masking.validate_mask_config(cfg, L)
+
+
+def test_an_exhausted_redraw_never_leaks_targets_into_the_context():
+    # Passes validation, but 4 groups of 90 frames rarely leave 100 frames for the context.
+    masks = draw("fixed", n=64, target_size=90, context_size=100)
+    assert (~masks.accepted).sum() > 0
+    for b in range(64):
+        context = set(masks.context_idx[b][masks.context_valid[b]])
+        assert not context & set(masks.target_idx[b].ravel())
+    assert (masks.context_valid.sum(1)[~masks.accepted] < 100).all()
+
+
+def test_fixed_mode_follows_the_release_masking_rate_at_every_frame(release_masks, fixed_masks):
+    def context_rate(masks):
+        rate = np.zeros(L)
+        for idx, valid in zip(masks.context_idx, masks.context_valid):
+            rate[idx[valid]] += 1
+        return rate / len(masks.context_idx)
+    release, fixed = context_rate(release_masks), context_rate(fixed_masks)
+    # Same shape across the sequence, the edges included (fixed has 36 vs ~39 frames on average).
+    assert np.abs(fixed - release * 36 / release.sum()).max() < 0.12

@@ -145,3 +145,15 @@ def test_every_parameter_has_logical_axis_names():
     assert leaves and all(isinstance(x, nn.LogicallyPartitioned) for x in leaves)
     for leaf in leaves:
         assert len(leaf.names) == len(leaf.value.shape)
+
+
+def test_initial_scales_match_the_release():
+    model, _ = tiny_model()
+    params = init_params(model)
+    attention = params["encoder"]["transformer"]["blocks"]["attention"]
+    # torch xavier_uniform_ on in_proj [3 * 64, 64]: std = sqrt(2 / (64 + 192)).
+    assert np.std(attention["query_kernel"]) == pytest.approx((2 / 256) ** 0.5, rel=0.1)
+    fc1 = params["encoder"]["transformer"]["blocks"]["mlp"]["fc1"]["kernel"]
+    assert np.std(fc1) == pytest.approx(0.02, rel=0.1)      # trunc_normal_(std=0.02), a=-2, b=2
+    conv = params["frontend"]["conv"]["conv_1"]["kernel"]   # kaiming_normal_: sqrt(2 / fan_in)
+    assert np.std(conv) == pytest.approx((2 / (3 * 32)) ** 0.5, rel=0.1)

@@ -158,6 +158,13 @@ def cli(*args, devices=1, timeout=600, cwd=REPO):
                           capture_output=True, text=True, timeout=timeout)
 
 
+def test_multichannel_training_is_refused_with_a_clear_message():
+    config = tiny_config()
+    config.data.keep_channels = True
+    with pytest.raises(ValueError, match=r"data\.keep_channels=True .*single-channel front end"):
+        configuration.validate(config)
+
+
 def test_top_k_deeper_than_the_encoder_is_refused():
     config = tiny_config()
     config.model.top_k_layers = config.model.encoder_depth + 1

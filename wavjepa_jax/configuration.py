@@ -122,7 +122,8 @@ def default_config() -> ml_collections.ConfigDict:
         crops_per_clip=8,
         clip_seconds=10.0,
         rms_dbfs=-14.0,
-        short_clip="loop",         # loop | pad: clips shorter than clip_seconds
+        short_clip="pad",          # pad (zeros, as the release) | loop: clips shorter than
+                                   # clip_seconds
         keep_channels=False,       # False: mix to mono
         channels=2,                # keep_channels: channels per crop (mono is duplicated,
                                    # other counts are skipped as bad clips)
@@ -168,6 +169,10 @@ def validate(config: ml_collections.ConfigDict) -> None:
         raise ValueError(f"model.conv_norm={model.conv_norm!r} must be 'group' or 'layer'")
     if model.dtype not in ("float32", "bfloat16"):
         raise ValueError(f"model.dtype={model.dtype!r} must be 'float32' or 'bfloat16'")
+    if config.data.keep_channels:
+        raise ValueError("data.keep_channels=True feeds multi-channel crops, but this model has a "
+                         "single-channel front end (the binaural WavJEPA-Nat front end is not "
+                         "implemented); train with data.keep_channels=False (mono)")
     if config.batch_size < 1:
         raise ValueError(f"batch_size={config.batch_size} must be positive")
     if config.batch_size % config.data.crops_per_clip:

@@ -15,7 +15,8 @@ from wavjepa_jax.positions import sincos_embedding
 
 # PyTorch's kaiming_normal_ default (fan_in, gain sqrt(2)), not truncated.
 kaiming_normal = nn.initializers.variance_scaling(2.0, "fan_in", "normal")
-trunc_normal_02 = nn.initializers.truncated_normal(0.02)
+# The release's trunc_normal_(std=0.02, a=-2, b=2) truncates at +-2 absolute: a plain normal.
+trunc_normal_02 = nn.initializers.normal(0.02)
 
 
 def num_frames(num_samples: int, conv_layers: Sequence[Sequence[int]]) -> int:

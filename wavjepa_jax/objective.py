@@ -41,6 +41,8 @@ def make_targets(layer_outputs: jax.Array, top_k: int, mode: str) -> jax.Array:
     layer_outputs: [depth, batch, frames, channels] -> [batch, frames, channels] (float32).
     """
     top = layer_outputs[-top_k:].astype(jnp.float32)
+    if top_k == 1:
+        return top[0]  # The release uses the top block's output as it is when K = 1.
     return jnp.mean(jax.vmap(lambda x: normalise_layer(x, mode))(top), axis=0)
 
 

@@ -100,6 +100,8 @@ def make_train_step(model: WavJEPA, config: ml_collections.ConfigDict,
             "loss": loss, "grad_norm": grad_norm, "ema_decay": decay, "finite": finite,
             "learning_rate": learning_rate(count),
             "bad_steps": new_state.bad_steps, "skipped_steps": new_state.skipped_steps,
+            "context_frames": jnp.mean(jnp.sum(masks.context_valid, axis=1)),
+            "mask_draws_rejected": jnp.sum(~masks.accepted),
             **collapse_monitors(outputs, masks),
         }
         return new_state, metrics

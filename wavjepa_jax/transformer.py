@@ -14,7 +14,11 @@ import jax.numpy as jnp
 
 from wavjepa_jax.frontend import gelu, trunc_normal_02
 
-xavier_uniform = nn.initializers.xavier_uniform()
+# torch's xavier_uniform_ on the fused in_proj_weight [3 * width, width]: bound
+# sqrt(6 / (width + 3 * width)). Our q/k/v kernels are [width, heads, head_dim] each, so the
+# fans are taken over (embed) and (heads, head_dim), with the scale that gives the same bound.
+xavier_uniform = nn.initializers.variance_scaling(0.5, "fan_avg", "uniform", in_axis=0,
+                                                  out_axis=(1, 2))
 
 
 def _partitioned(init, axes):

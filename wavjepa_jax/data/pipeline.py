@@ -60,12 +60,13 @@ class ClipToCrops:
             clip = audio.check_audio(clip)
             clip = audio.to_mono(clip) if self.channels is None else audio.to_channels(
                 clip, self.channels)
+            clip = audio.resample(clip, rate, self.sample_rate)
+            clip = audio.rms_normalise(clip, self.rms_dbfs)
+            clip = audio.fit_length(clip, round(self.clip_seconds * self.sample_rate),
+                                    self.short_clip)
+            crops = audio.random_crops(clip, self.crops_per_clip, self.crop_samples, rng)
         except Exception as error:  # Any unreadable or unusable clip is skipped and counted.
             return SkippedClip(self.source.describe(index), f"{type(error).__name__}: {error}")
-        clip = audio.resample(clip, rate, self.sample_rate)
-        clip = audio.rms_normalise(clip, self.rms_dbfs)
-        clip = audio.fit_length(clip, round(self.clip_seconds * self.sample_rate), self.short_clip)
-        crops = audio.random_crops(clip, self.crops_per_clip, self.crop_samples, rng)
         crops = np.stack([audio.standardise(crop) for crop in crops])
         return {"audio": crops[:, 0] if self.channels is None else crops}
 
