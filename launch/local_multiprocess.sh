@@ -32,24 +32,9 @@ EOF
 
 die() { printf 'local_multiprocess.sh: %s\n' "$*" >&2; exit 2; }
 
-# Print the arguments as one shell command line; words that need no quoting stay bare, and
-# `--flag=value` keeps the flag outside the quotes.
-shell_join() {
-  local word flag quoted=()
-  for word in "$@"; do
-    flag=""
-    if [[ $word =~ ^(--[A-Za-z0-9_.-]+=)(.*)$ ]]; then
-      flag=${BASH_REMATCH[1]}
-      word=${BASH_REMATCH[2]}
-    fi
-    if [[ $word =~ ^[A-Za-z0-9_@%+=:,./-]+$ ]]; then
-      quoted+=("$flag$word")
-    else
-      quoted+=("$flag'${word//\'/\'\\\'\'}'")
-    fi
-  done
-  printf '%s\n' "${quoted[*]}"
-}
+# SC1091: shellcheck follows lib.sh only with -x; the tests lint each script on its own.
+# shellcheck source=launch/lib.sh disable=SC1091
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 if (( BASH_VERSINFO[0] * 100 + BASH_VERSINFO[1] < 404 )); then
   die "needs bash >= 4.4 (macOS: brew install bash), this is $BASH_VERSION"
