@@ -62,6 +62,12 @@ def make_train_step(model: WavJEPA, config: ml_collections.ConfigDict,
     loss_fn = functools.partial(objective.wavjepa_loss, model, top_k=config.model.top_k_layers,
                                 target_norm=config.model.target_norm)
 
+    def logged_only(step_done, compute):
+        """compute() on the steps the loop logs (an SVD is not free on a pod); zeros otherwise."""
+        logged = (step_done % config.log_every == 0) | (step_done == config.total_steps)
+        skip = lambda: jax.tree.map(jnp.zeros_like, jax.eval_shape(compute))  # noqa: E731
+        return jax.lax.cond(logged, compute, skip)
+
     def step(state: TrainState, audio: jax.Array):
         step_key = jax.random.fold_in(state.rng, state.step)
         masks = masking.sample_masks(step_key, audio.shape[0], num_frames, config.mask)
@@ -102,7 +108,7 @@ def make_train_step(model: WavJEPA, config: ml_collections.ConfigDict,
             "bad_steps": new_state.bad_steps, "skipped_steps": new_state.skipped_steps,
             "context_frames": jnp.mean(jnp.sum(masks.context_valid, axis=1)),
             "mask_draws_rejected": jnp.sum(~masks.accepted),
-            **collapse_monitors(outputs, masks),
+            **logged_only(new_state.step, lambda: collapse_monitors(outputs, masks)),
         }
         return new_state, metrics
 
