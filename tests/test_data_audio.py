@@ -84,10 +84,29 @@ def test_rms_normalise_reaches_target_level():
 def test_fit_length_loops_pads_and_truncates():
     clip = np.arange(1, 4, dtype=np.float32)[None]
     np.testing.assert_array_equal(audio.fit_length(clip, 7, "loop"), [[1, 2, 3, 1, 2, 3, 1]])
-    np.testing.assert_array_equal(audio.fit_length(clip, 5, "pad"), [[1, 2, 3, 0, 0]])
-    np.testing.assert_array_equal(audio.fit_length(clip, 2, "pad"), [[1, 2]])
+    np.testing.assert_array_equal(audio.fit_length(clip, 5, "pad_clip"), [[1, 2, 3, 0, 0]])
+    np.testing.assert_array_equal(audio.fit_length(clip, 2, "pad_clip"), [[1, 2]])
     with pytest.raises(ValueError, match="data.short_clip"):
         audio.fit_length(clip, 5, "stretch")
+
+
+def test_pad_crop_pads_a_short_clip_to_one_crop_only():
+    clip = np.arange(1, 4, dtype=np.float32)[None]
+    # Longer than a crop: left as it is (crops are then drawn inside the audio).
+    np.testing.assert_array_equal(audio.fit_length(clip, 10, "pad_crop", crop_samples=2), clip)
+    # Shorter than a crop: padded to the crop, the audio at a random offset.
+    rng = np.random.default_rng(0)
+    offsets = set()
+    for _ in range(20):
+        padded = audio.fit_length(clip, 10, "pad_crop", crop_samples=5, min_crop_audio=0.5,
+                                  rng=rng)
+        assert padded.shape == (1, 5)
+        start = int(np.flatnonzero(padded[0])[0])
+        np.testing.assert_array_equal(padded[0, start:start + 3], [1, 2, 3])
+        offsets.add(start)
+    assert offsets == {0, 1, 2}
+    with pytest.raises(audio.TooShort, match="data.min_crop_audio"):
+        audio.fit_length(clip, 10, "pad_crop", crop_samples=8, min_crop_audio=0.5)
 
 
 def test_standardise_and_random_crops():

@@ -176,7 +176,7 @@ def test_all_bad_files_stop_with_a_clear_error(tmp_path):
         next(make_train_iterator(config))
 
 
-@pytest.mark.parametrize("short_clip", ["loop", "pad"])
+@pytest.mark.parametrize("short_clip", ["loop", "pad_clip"])
 def test_clips_shorter_than_a_crop_are_looped_or_padded(tmp_path, short_clip):
     soundfile.write(str(tmp_path / "blip.wav"), tone(1000, seconds=0.1), RATE)  # 1600 samples.
     config = small_config("folder", str(tmp_path), short_clip=short_clip)
@@ -186,6 +186,33 @@ def test_clips_shorter_than_a_crop_are_looped_or_padded(tmp_path, short_clip):
         else:  # At least 2400 samples of every crop are padding: one constant after standardising.
             values, counts = np.unique(crop, return_counts=True)
             assert counts.max() >= 2400
+
+
+def padding_share(crop):
+    """Share of a standardised crop taken by its most frequent value (the zero padding)."""
+    _, counts = np.unique(crop, return_counts=True)
+    return counts.max() / crop.size
+
+
+def test_no_training_crop_of_short_clips_is_mostly_padding(tmp_path):
+    # Clips of 0.3-0.9 crops in a 1 s clip_seconds pipeline (crop: 4000 samples). The release's
+    # padding to clip_seconds makes most crops mostly silence; the default crops inside the
+    # audio, pads a clip shorter than a crop only up to the crop, and skips (counts) clips that
+    # would fill less than half of it.
+    for i, fraction in enumerate([0.3, 0.6, 0.75, 0.9, 1.5, 2.5]):
+        soundfile.write(str(tmp_path / f"clip{i}.wav"),
+                        tone(500 + 100 * i, seconds=fraction * CROP / RATE), RATE)
+    config = small_config("folder", str(tmp_path), clip_seconds=4.0)
+    shares, skipped = [], 0
+    iterator = make_train_iterator(config)
+    for batch in take(iterator, 12):
+        shares += [padding_share(crop) for crop in batch["audio"]]
+        skipped += int(batch["skipped_files"])
+    assert max(shares) <= 0.5 + 1e-3
+    assert skipped > 0                                   # The 0.3-crop clip, counted.
+    config.data.short_clip = "pad_clip"
+    release = [padding_share(c) for b in take(make_train_iterator(config), 6) for c in b["audio"]]
+    assert np.mean(np.array(release) > 0.5) > 0.4        # What the default avoids.
 
 
 def test_keep_channels_gives_channel_axis():
@@ -228,6 +255,7 @@ def test_iterator_state_round_trips_through_orbax(tone_folder, tmp_path):
     (dict(batch_size=6, crops_per_clip=4), "data.crops_per_clip"),
     (dict(clip_seconds=0.1), "data.clip_seconds"),
     (dict(short_clip="stretch"), "data.short_clip"),
+    (dict(min_crop_audio=1.5), "data.min_crop_audio"),
     (dict(source="webdataset"), "data.source"),
     (dict(source="folder"), "data.path"),
     (dict(source="folder", path="/nonexistent/folder"), "data.path"),

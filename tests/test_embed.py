@@ -1,16 +1,24 @@
 """The embedding API (wavjepa_jax.encoder_api) on an untrained tiny encoder."""
 
+import importlib.util
+import os
+
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from wavjepa_jax import configuration, export
+import wavjepa_jax
+from wavjepa_jax import configuration, export, sharding
 from wavjepa_jax.data import audio as audio_lib
 from wavjepa_jax.encoder_api import AudioEncoder
 from wavjepa_jax.frontend import num_frames
+from wavjepa_jax.model import WavJEPA
+from wavjepa_jax.train_state import create_train_state, make_optimizer, state_shardings
 
 RATE, CHUNK = 16_000, 32_160
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def tiny_encoder_config():
@@ -141,3 +149,78 @@ def test_bfloat16_compute(encoder):
     assert np.corrcoef(reference.ravel(), low.ravel())[0, 1] > 0.99
     with pytest.raises(ValueError, match="dtype"):
         AudioEncoder(encoder.params, config, dtype="float8")
+
+
+# --- random init = a training run's step 0 ------------------------------------------------------
+
+def tiny_training_config(seed=0, scan_layers=True, fsdp=1):
+    spec = importlib.util.spec_from_file_location("tiny", os.path.join(REPO, "configs/tiny.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    config = module.get_config()
+    config.seed = seed
+    config.model.scan_layers = scan_layers
+    config.mesh.update(data=1, fsdp=fsdp, tensor=1)
+    return config
+
+
+def step0_state(config):
+    """The TrainState a training run starts from (train_state.create_train_state), on a mesh."""
+    mesh = sharding.make_mesh(config, jax.devices()[:config.mesh.fsdp])
+    model, optimizer = WavJEPA.from_config(config.model), make_optimizer(config)
+    shardings, _ = state_shardings(model, config, mesh, optimizer)
+    with jax.set_mesh(mesh), nn.logical_axis_rules(sharding.LOGICAL_RULES):
+        return create_train_state(model, config, optimizer, shardings)
+
+
+def encoder_leaves(params):
+    """{'frontend', 'encoder'} of a params tree as flat NumPy, blocks stacked as exported."""
+    params = jax.device_get(params)
+    return export.flatten({"frontend": params["frontend"],
+                           "encoder": export.stack_blocks(params["encoder"])})
+
+
+def assert_same_leaves(got, expected):
+    assert sorted(got) == sorted(expected)
+    for name in expected:
+        np.testing.assert_array_equal(got[name], expected[name], err_msg=name)
+
+
+@pytest.mark.parametrize("seed,scan_layers,fsdp", [(0, True, 1), (7, False, 2)])
+def test_random_init_is_the_training_step_0(seed, scan_layers, fsdp):
+    """Bitwise the front end and encoder a run with config.seed = seed starts from, whether its
+    blocks are scanned or unrolled and however the params are sharded."""
+    config = tiny_training_config(seed, scan_layers, fsdp)
+    expected = encoder_leaves(step0_state(config).params)
+    exported_config = {
+        "model": export.encoder_model_config(config.model),
+        "audio": {"sample_rate": RATE, "chunk_samples": config.data.crop_samples,
+                  "rms_dbfs": -14.0, "in_channels": 1},
+        "source": {"kind": "training_run", "seed": seed, "scan_layers": scan_layers}}
+    encoder = AudioEncoder.random_init(exported_config)           # The recorded seed.
+    assert encoder.config["source"] == {"kind": "random_init", "seed": seed,
+                                        "scan_layers": scan_layers}
+    assert_same_leaves(export.flatten(jax.device_get(encoder.params)), expected)
+    other = AudioEncoder.random_init(exported_config, seed=seed + 1)   # An explicit seed wins.
+    assert other.config["source"]["seed"] == seed + 1
+    assert not np.array_equal(export.flatten(jax.device_get(other.params))[
+        "frontend/conv/conv_0/kernel"], expected["frontend/conv/conv_0/kernel"])
+
+
+def test_exported_step_0_checkpoint_equals_random_init(tmp_path):
+    """A run's step-0 checkpoint, exported, is what random_init builds from the export's
+    config.json alone (export records the training seed)."""
+    from wavjepa_jax import checkpoint, data
+    config = tiny_training_config(seed=3)
+    config.checkpoint.async_save = False
+    state = step0_state(config)
+    workdir, out = str(tmp_path / "run"), str(tmp_path / "exported")
+    with checkpoint.Checkpointer(workdir, config) as checkpoints:
+        assert checkpoints.save(0, state, data.make_train_iterator(config), force=True)
+    exported_config = export.export_run(workdir, out, step=0)
+    assert exported_config["source"]["seed"] == 3
+    assert exported_config["source"]["scan_layers"] is True
+    baseline = AudioEncoder.random_init(exported_config)
+    assert baseline.config["source"]["seed"] == 3
+    assert_same_leaves(export.flatten(jax.device_get(baseline.params)),
+                       export.flatten(jax.device_get(wavjepa_jax.load_encoder(out).params)))

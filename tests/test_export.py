@@ -58,7 +58,7 @@ def test_export_holds_the_checkpoint_encoder_and_nothing_else(run_dir, exported)
     step, state, _ = checkpoint.load_state_arrays(run_dir)
     params, config = export.load_exported(exported)
     assert config["source"] == {"kind": "training_run", "workdir": run_dir, "step": step,
-                                "encoder": "context"}
+                                "encoder": "context", "seed": 0, "scan_layers": True}
     assert config["model"]["encoder_width"] == 64 and config["audio"]["sample_rate"] == 16_000
     expected = export.flatten({k: state["params"][k] for k in ("frontend", "encoder")})
     got = export.flatten(params)

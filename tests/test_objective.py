@@ -96,3 +96,63 @@ def test_loss_is_finite_for_extreme_inputs(setup, loss_and_grads, kind):
     value, grads = loss_and_grads(params, target, extreme, masks)
     assert np.isfinite(float(value))
     assert all(np.isfinite(g).all() for g in jax.tree.leaves(grads))
+
+
+def test_batch_centring_removes_what_every_example_shares_at_a_frame():
+    shared = jax.random.normal(jax.random.PRNGKey(0), (1, 20, 8)) * 10   # "position"
+    content = jax.random.normal(jax.random.PRNGKey(1), (6, 20, 8))
+    centred = objective.centre_over_batch(shared + content)
+    np.testing.assert_allclose(centred.mean(axis=0), 0, atol=1e-5)
+    np.testing.assert_allclose(centred, content - content.mean(axis=0), atol=1e-4)
+
+
+def test_variance_covariance_terms_match_their_definition():
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((3, 5, 4)).astype(np.float32) * np.array([0.5, 2.0, 1.0, 0.1])
+    valid = np.ones((3, 5), bool)
+    valid[2, 3:] = False
+    x[2, 3:] = 1e3                                    # Padding must not count.
+    variance, covariance = objective.variance_covariance(jnp.asarray(x), jnp.asarray(valid))
+    rows = x.reshape(-1, 4)[valid.reshape(-1)]
+    cov = np.cov(rows, rowvar=False)
+    std = np.sqrt(np.diag(cov) + 1e-4)
+    assert float(variance) == pytest.approx(np.mean(np.maximum(0, 1 - std)), rel=1e-4)
+    off = cov - np.diag(np.diag(cov))
+    assert float(covariance) == pytest.approx(np.sum(off ** 2) / 4, rel=1e-4)
+    # A collapsed batch (every frame the same) pays the full variance penalty.
+    collapsed, _ = objective.variance_covariance(jnp.ones((2, 3, 4)), jnp.ones((2, 3), bool))
+    assert float(collapsed) == pytest.approx(1 - 1e-2, rel=1e-3)
+
+
+def test_regularisers_add_to_the_loss_and_reach_the_encoder(setup):
+    model, config, params, target, masks, audio = setup
+    plain = objective.wavjepa_loss(model, params, target, audio, masks, top_k=2,
+                                   target_norm="example")
+    regular = objective.wavjepa_loss(model, params, target, audio, masks, top_k=2,
+                                     target_norm="example", variance_weight=2.0,
+                                     covariance_weight=0.5)
+    assert float(regular.prediction_loss) == pytest.approx(float(plain.loss), rel=1e-6)
+    assert float(regular.loss) == pytest.approx(
+        float(plain.loss) + 2.0 * float(regular.variance_loss)
+        + 0.5 * float(regular.covariance_loss), rel=1e-6)
+    assert float(regular.variance_loss) > 0
+
+
+def test_an_ema_front_end_gives_the_targets_their_own_tokens(setup):
+    model, config, params, target, masks, audio = setup
+    ema_frontend = jax.tree.map(lambda x: x * 0.5, params["frontend"])
+    kwargs = dict(top_k=2, target_norm="example")
+    shared = objective.wavjepa_loss(model, params, target, audio, masks, **kwargs)
+    same = objective.wavjepa_loss(model, params, target, audio, masks,
+                                  target_frontend_params=params["frontend"], **kwargs)
+    np.testing.assert_allclose(same.targets, shared.targets, atol=1e-6)
+    own = objective.wavjepa_loss(model, params, target, audio, masks,
+                                 target_frontend_params=ema_frontend, **kwargs)
+    tokens = model.frontend.apply({"params": ema_frontend}, audio)
+    expected = objective.target_features(model, target, tokens, 2, "example")
+    np.testing.assert_allclose(own.targets, expected, atol=1e-6)
+    # The EMA front end is a target: no gradient reaches it.
+    grad = jax.grad(lambda f: objective.wavjepa_loss(
+        model, params, target, audio, masks, target_frontend_params=f, **kwargs).loss)(
+        ema_frontend)
+    assert all(float(jnp.abs(g).max()) == 0.0 for g in jax.tree.leaves(grad))

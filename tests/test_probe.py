@@ -11,6 +11,8 @@ import tensorflow_datasets as tfds
 
 from test_export import trained_run
 from wavjepa_jax import export, probe
+from wavjepa_jax.data import audio as audio_lib
+from wavjepa_jax.logmel import LogMelFeatures, mel_filterbank
 
 RATE = 22_050  # Not the encoder's rate: the probe resamples.
 
@@ -68,7 +70,8 @@ def test_probe_cli_beats_chance_with_a_trained_encoder(trained_encoder, dataset,
     assert results["metric"] == "accuracy" and results["classes"] == ["noise", "tone"]
     assert (results["num_train"], results["num_val"], results["num_test"]) == (20, 4, 16)
     assert results["chance"] == 0.5 and results["test"] >= 0.75
-    assert results["encoder_source"]["kind"] == "training_run" and not results["random_init"]
+    assert results["features"] == "encoder" and not results["random_init"]
+    assert results["source"]["kind"] == "training_run"
     assert set(results["weight_decay_sweep"]) == {str(w) for w in probe.WEIGHT_DECAYS}
     assert results["weight_decay"] in probe.WEIGHT_DECAYS
     assert set(results["test_noisy"]) == {"20.0", "0.0"}
@@ -80,7 +83,9 @@ def test_random_init_baseline_with_an_mlp_head(trained_encoder, dataset, tmp_pat
     probe.main(["--encoder", trained_encoder, "--data", dataset, "--out", str(out),
                 "--random-init", "--head", "mlp", "--steps", "100"])
     results = json.loads(out.read_text())
-    assert results["random_init"] and results["encoder_source"]["kind"] == "random_init"
+    assert results["random_init"] and results["features"] == "encoder"
+    # The training run's step 0: its seed is read from the exported config.json.
+    assert results["source"] == {"kind": "random_init", "seed": 0, "scan_layers": True}
     assert results["head"] == "mlp" and 0.0 <= results["test"] <= 1.0
 
 
@@ -160,4 +165,106 @@ def test_cli_help(capsys):
     with pytest.raises(SystemExit) as exit_info:
         probe.main(["--help"])
     assert exit_info.value.code == 0
-    assert "--noise-snr" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "--noise-snr" in printed and "--features {encoder,logmel}" in printed
+
+
+# --- log-mel features -----------------------------------------------------------------------
+
+def test_logmel_tone_peaks_in_its_mel_band():
+    features = LogMelFeatures()
+    time = np.arange(16_000) / 16_000
+    for band in (0, 5, 20, 41, 63):
+        tone = np.sin(2 * np.pi * features.band_centres[band] * time)
+        assert int(np.argmax(features.log_mel(tone).mean(0))) == band
+    for hz, band in ((440.0, 10), (1_000.0, 20), (3_000.0, 41)):   # Nearest band centre.
+        tone = np.sin(2 * np.pi * hz * time)
+        assert int(np.argmax(features.log_mel(tone).mean(0))) == band
+        assert int(np.argmin(np.abs(features.band_centres - hz))) == band
+
+
+def test_logmel_shapes_and_filterbank():
+    features = LogMelFeatures()
+    bank = mel_filterbank(16_000, 512, 64, 60.0, 8_000.0)
+    assert bank.shape == (257, 64) and bank.max() <= 1.0
+    assert (bank > 0).sum(0).min() >= 2          # No empty band, even at 60 Hz.
+    np.testing.assert_allclose(features.band_centres[[0, -1]], [89.04, 7679.76], atol=0.01)
+    assert features.log_mel(np.zeros(16_000)).shape == (98, 64)   # 1 + (16000 - 400) // 160
+    assert features.log_mel(np.zeros(100)).shape == (1, 64)       # Padded to one window.
+    np.testing.assert_allclose(features.log_mel(np.zeros(400)), np.log(1e-6), rtol=1e-6)
+    rng = np.random.default_rng(0)
+    clips = [rng.standard_normal(n).astype(np.float32) for n in (8_000, 16_000)]
+    clips.append(np.stack([clips[0], clips[0]]))                  # Stereo is mixed to mono.
+    vectors = features.embed_clips(clips)
+    assert vectors.shape == (3, 128) and vectors.dtype == np.float32
+    np.testing.assert_allclose(vectors[2], vectors[0], rtol=1e-5)
+    frames = features.log_mel(audio_lib.rms_normalise(clips[1], -14.0))
+    np.testing.assert_allclose(vectors[1], np.concatenate([frames.mean(0), frames.std(0)]),
+                               rtol=1e-5)
+    # RMS-normalised as the encoder's input: the level does not change the features.
+    np.testing.assert_allclose(features.embed_clips([10 * clips[1]]), vectors[1:2], atol=1e-4)
+
+
+def test_noise_is_added_to_the_clip_the_features_see():
+    rng = np.random.default_rng(0)
+    stereo = rng.standard_normal((2, 22_050)).astype(np.float32)
+    clean = probe.prepare_clip(LogMelFeatures(), stereo, 22_050)
+    noisy = probe.prepare_clip(LogMelFeatures(), stereo, 22_050, snr_db=10.0, noise_seed=[0, 3])
+    assert clean.shape == noisy.shape == (1, 16_000)
+    snr = 20 * np.log10(audio_lib.rms(clean) / audio_lib.rms(noisy - clean))
+    assert snr == pytest.approx(10.0, abs=0.2)
+    expected = probe.white_noise(audio_lib.resample(audio_lib.to_mono(stereo), 22_050, 16_000),
+                                 10.0, np.random.default_rng([0, 3]))
+    np.testing.assert_array_equal(noisy, expected)
+
+
+def pitched_tone(low, high):
+    def render(rng):
+        t = np.arange(int(rng.uniform(0.5, 1.0) * RATE)) / RATE
+        clip = np.sin(2 * np.pi * rng.uniform(low, high) * t + rng.uniform(0, 6))
+        return clip * np.minimum(1, np.minimum(t, t[-1] - t) / 0.02)
+    return render
+
+
+@pytest.fixture(scope="module")
+def pitch_dataset(tmp_path_factory):
+    """Three classes a spectrum separates: low tones, high tones, noise bursts."""
+    root = tmp_path_factory.mktemp("pitch")
+    rng = np.random.default_rng(1)
+    renders = {"high": pitched_tone(1_500, 3_000), "low": pitched_tone(200, 400),
+               "noise": noise_burst}
+    for split, count in (("train", 10), ("test", 6)):
+        for name, render in renders.items():
+            os.makedirs(root / split / name)
+            for i in range(count):
+                clip = render(rng)
+                clip = rng.uniform(0.05, 0.5) * clip / np.abs(clip).max()
+                soundfile.write(root / split / name / f"{i}.wav", clip, RATE, subtype="FLOAT")
+    return str(root)
+
+
+def test_logmel_probe_cli_beats_chance(pitch_dataset, tmp_path, capsys):
+    out = tmp_path / "logmel.json"
+    probe.main(["--features", "logmel", "--data", pitch_dataset, "--out", str(out),
+                "--noise-snr", "20,-10", "--steps", "200"])
+    results = json.loads(out.read_text())
+    assert "log-mel features" in capsys.readouterr().out
+    assert results["features"] == "logmel" and results["encoder"] is None
+    assert results["source"]["kind"] == "logmel" and results["source"]["n_mels"] == 64
+    assert results["classes"] == ["high", "low", "noise"] and results["chance"] == 1 / 3
+    assert (results["num_train"], results["num_val"], results["num_test"]) == (24, 6, 18)
+    assert results["test"] >= 0.9
+    assert set(results["test_noisy"]) == {"20.0", "-10.0"}
+    assert results["test_noisy"]["-10.0"] < results["test"]   # The noise reaches the features.
+
+
+@pytest.mark.parametrize("argv,message", [
+    (["--features", "logmel", "--encoder", "DIR"], "--encoder: only with --features encoder"),
+    (["--features", "logmel", "--random-init"], "--random-init: only with"),
+    ([], "--features encoder needs --encoder"),
+    (["--encoder", "DIR", "--init-seed", "3"], "--init-seed: only with --random-init"),
+])
+def test_cli_refuses_options_of_the_other_features(argv, message, tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        probe.main([*argv, "--data", str(tmp_path), "--out", str(tmp_path / "r.json")])
+    assert exit_info.value.code == 2 and message in capsys.readouterr().err

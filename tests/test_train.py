@@ -98,7 +98,7 @@ def test_ema_update_is_exact():
         before = jax.device_get(state.target_params)
         step = int(state.step)
         state, metrics = training.train_step(state, audio)
-    decay = float(ema_decay_schedule(config.ema)(step))
+    decay = float(ema_decay_schedule(config.ema, config.total_steps)(step))
     assert float(metrics["ema_decay"]) == pytest.approx(decay)
     after = jax.device_get(state.target_params)
     online = jax.device_get(state.params["encoder"])
@@ -125,11 +125,27 @@ def test_learning_rate_schedule_closed_form():
 
 def test_ema_decay_schedule_closed_form():
     ema = configuration.default_config().ema
-    decay = ema_decay_schedule(ema)
+    decay = ema_decay_schedule(ema, 375_000)
     assert float(decay(0)) == pytest.approx(0.999)
     assert float(decay(50_000)) == pytest.approx(0.999 + 0.5 * (0.99999 - 0.999))
     assert float(decay(100_000)) == pytest.approx(0.99999)
     assert float(decay(300_000)) == pytest.approx(0.99999)
+
+
+def test_schedules_scale_with_the_run_when_given_as_fractions():
+    config = configuration.default_config()
+    config.optim.warmup_fraction = 0.1
+    config.ema.anneal_fraction = 0.5
+    lr = learning_rate_schedule(config.optim, 2_000)
+    assert float(lr(100)) == pytest.approx(config.optim.lr / 2)     # Warmup is 200 steps.
+    assert float(lr(200)) == pytest.approx(config.optim.lr)
+    assert float(lr(2_000)) == pytest.approx(0.0, abs=1e-12)
+    decay = ema_decay_schedule(config.ema, 2_000)
+    assert float(decay(500)) == pytest.approx(0.999 + 0.5 * (0.99999 - 0.999))
+    assert float(decay(1_000)) == pytest.approx(0.99999)
+    config.ema.anneal_fraction = 0.0                                  # Back to absolute steps.
+    assert float(ema_decay_schedule(config.ema, 2_000)(1_000)) == pytest.approx(
+        0.999 + 0.01 * (0.99999 - 0.999))
 
 
 def test_batch_not_divisible_by_the_data_axes_is_refused():
@@ -220,3 +236,16 @@ def test_shard_map_ema_update_equals_the_jit_version(batches):
     for a, b in zip(jax.tree.leaves(plain.target_params), jax.tree.leaves(explicit.target_params)):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))   # Bitwise: same arithmetic.
         assert a.sharding.is_equivalent_to(b.sharding, a.ndim)
+
+
+def test_ema_front_end_is_updated_like_the_target_encoder(batches):
+    config = tiny_config()
+    config.model.target_frontend = "ema"
+    config.ema.start = config.ema.end = 0.9
+    _, state = run_steps(config, jax.devices()[:1], batches[:2])
+    online = jax.device_get(state.params["frontend"])
+    ema = jax.device_get(state.target_frontend)
+    assert jax.tree.structure(online) == jax.tree.structure(ema)
+    # Two steps from equal weights: ema = 0.9 (0.9 w0 + 0.1 w1) + 0.1 w2, which differs from w2.
+    assert any(not np.allclose(e, o) for e, o in zip(jax.tree.leaves(ema),
+                                                     jax.tree.leaves(online)))

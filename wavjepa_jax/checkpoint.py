@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import signal
 import threading
 import time
@@ -202,6 +203,8 @@ def _warn_config_changes(saved: dict, current: dict) -> None:
 def load_state_arrays(workdir: str, step: int | None = None):
     """(step, TrainState as a nested dict of numpy arrays, config dict) from WORKDIR's newest (or
     given) checkpoint, on any machine and device count: for export and inspection."""
+    if "://" not in str(workdir):
+        workdir = os.path.abspath(workdir)  # Orbax needs absolute paths; buckets already are.
     directory = epath.Path(workdir) / CHECKPOINTS
     handlers = {"state": ocp.StandardCheckpointHandler(), "config": ocp.JsonCheckpointHandler(),
                 "data": grain.checkpoint.CheckpointHandler()}

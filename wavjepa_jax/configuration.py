@@ -67,6 +67,12 @@ def model_config(size: str = "base") -> ml_collections.ConfigDict:
         top_k_layers=preset["top_k_layers"],
         target_norm="example",      # "example": release (per layer, over time and channels);
                                     # "channel": data2vec 2.0 (per channel, over time).
+        target_centering="none",    # "none": release; "batch": subtract the batch mean at each
+                                    # frame and channel from the targets (their position part).
+        target_frontend="shared",   # "shared": release (the target branch reads the online front
+                                    # end's tokens); "ema": the target branch has its own EMA
+                                    # copy of the front end, as it has of the encoder.
+        position_scale=1.0,         # Scale of the front end's sin-cos code (release: 1).
         dtype="float32",            # Compute dtype; params always stay float32.
         remat=False,                # Rematerialise each transformer block in the backward pass.
         scan_layers=True,           # nn.scan over blocks: compile time independent of depth.
@@ -102,10 +108,12 @@ def default_config() -> ml_collections.ConfigDict:
 
     config.optim = ml_collections.ConfigDict(dict(
         lr=4e-4, warmup_steps=100_000, end_lr=0.0,
+        warmup_fraction=0.0,       # > 0: warmup over this fraction of total_steps instead.
         b1=0.9, b2=0.98, eps=1e-6, weight_decay=0.04, clip_norm=5.0,
     ))
     config.ema = ml_collections.ConfigDict(dict(
         start=0.999, end=0.99999, anneal_steps=100_000,
+        anneal_fraction=0.0,       # > 0: anneal over this fraction of total_steps instead.
         shard_map=False,           # EMA update as explicit per-shard code (jax.shard_map); same
                                    # result, see benchmarks/shard_map_ema.py for its speed.
     ))
@@ -122,8 +130,11 @@ def default_config() -> ml_collections.ConfigDict:
         crops_per_clip=8,
         clip_seconds=10.0,
         rms_dbfs=-14.0,
-        short_clip="pad",          # pad (zeros, as the release) | loop: clips shorter than
-                                   # clip_seconds
+        short_clip="pad_crop",     # Clips shorter than clip_seconds: "pad_crop" crops inside
+                                   # the real audio (zero-padding only a clip shorter than one
+                                   # crop); "pad_clip" zero-pads to clip_seconds (the release:
+                                   # most crops of short clips are silence); "loop" repeats.
+        min_crop_audio=0.5,        # pad_crop: a clip filling less of a crop is a counted skip.
         keep_channels=False,       # False: mix to mono
         channels=2,                # keep_channels: channels per crop (mono is duplicated,
                                    # other counts are skipped as bad clips)
@@ -136,6 +147,10 @@ def default_config() -> ml_collections.ConfigDict:
         tfds_audio_key="audio",
         tfds_sample_rate=0,        # 0: read it from the dataset's feature
     ))
+
+    # Anti-collapse terms on the context encoder's frame outputs (0: off, the release). VICReg's
+    # variance hinge (per-channel std across the batch's frames >= 1) and covariance penalty.
+    config.loss = ml_collections.ConfigDict(dict(variance_weight=0.0, covariance_weight=0.0))
 
     config.checkpoint = ml_collections.ConfigDict(dict(
         every=5_000, keep=3, async_save=True,
@@ -165,6 +180,19 @@ def validate(config: ml_collections.ConfigDict) -> None:
                              f"model.{prefix}_heads={heads}")
     if model.target_norm not in ("example", "channel"):
         raise ValueError(f"model.target_norm={model.target_norm!r} must be 'example' or 'channel'")
+    if model.target_centering not in ("none", "batch"):
+        raise ValueError(f"model.target_centering={model.target_centering!r} must be 'none' or "
+                         "'batch'")
+    if model.target_frontend not in ("shared", "ema"):
+        raise ValueError(f"model.target_frontend={model.target_frontend!r} must be 'shared' or "
+                         "'ema'")
+    for field in ("optim.warmup_fraction", "ema.anneal_fraction"):
+        section, name = field.split(".")
+        if not 0.0 <= config[section][name] <= 1.0:
+            raise ValueError(f"{field}={config[section][name]} must be in [0, 1]")
+    for name in ("variance_weight", "covariance_weight"):
+        if config.loss[name] < 0:
+            raise ValueError(f"loss.{name}={config.loss[name]} must be >= 0")
     if model.conv_norm not in ("group", "layer"):
         raise ValueError(f"model.conv_norm={model.conv_norm!r} must be 'group' or 'layer'")
     if model.dtype not in ("float32", "bfloat16"):

@@ -33,7 +33,7 @@ import numpy as np
 from wavjepa_jax import export
 from wavjepa_jax.data import audio as audio_lib
 from wavjepa_jax.frontend import num_frames, receptive_field
-from wavjepa_jax.model import DTYPES, WavJEPA
+from wavjepa_jax.model import DTYPES, WavJEPA, training_init_rng
 
 MAX_CHANNELS = 16  # A rank-2 input with more "channels" than this is almost surely a batch.
 
@@ -140,18 +140,20 @@ class AudioEncoder:
         self._forward = jax.jit(self.apply)
 
     @classmethod
-    def random_init(cls, config: dict, seed: int = 0, **kwargs) -> "AudioEncoder":
-        """An untrained encoder of the same architecture: the baseline every probe must beat."""
-        model = WavJEPA.from_config(export.build_model_config(config["model"]))
-        samples, _ = receptive_field(config["model"]["conv_layers"])  # One frame suffices.
-        channels = int(config["audio"]["in_channels"])
-        audio = jnp.zeros((1, samples) if channels == 1 else (1, samples, channels))
-        rng_front, rng_enc = jax.random.split(jax.random.PRNGKey(seed))
-        tokens = jnp.zeros((1, 4, int(config["model"]["encoder_width"])))
-        params = {"frontend": jax.jit(model.frontend.init)(rng_front, audio)["params"],
-                  "encoder": jax.jit(model.encoder.init)(rng_enc, tokens)["params"]}
-        config = {**config, "source": {"kind": "random_init", "seed": seed}}
-        return cls(nn.meta.unbox(params), config, **kwargs)
+    def random_init(cls, config: dict, seed: int | None = None, **kwargs) -> "AudioEncoder":
+        """An untrained encoder of `config`'s architecture: the baseline every probe must beat.
+
+        Its weights are those of step 0 of a training run with `config.seed = seed`
+        (`step0_params`), so a probe of the baseline and of the trained encoder start from the
+        same point. seed None: the training seed `config["source"]` records (an exported training
+        run), else 0.
+        """
+        source = config.get("source", {})
+        seed = int(source.get("seed", 0)) if seed is None else int(seed)
+        params = step0_params(config, seed)
+        config = {**config, "source": {"kind": "random_init", "seed": seed,
+                                       "scan_layers": bool(source.get("scan_layers", True))}}
+        return cls(params, config, **kwargs)
 
     # --- the pure function ------------------------------------------------------------------
 
@@ -257,6 +259,35 @@ class AudioEncoder:
                 for row, i in enumerate(batch):
                     outputs[i] = out[row, :segments[i].frames]
         return outputs
+
+
+def step0_params(config: dict, seed: int) -> dict:
+    """{'frontend', 'encoder'} params (NumPy, blocks stacked) of an exported-encoder `config`
+    exactly as step 0 of a training run with `config.seed = seed` has them: `WavJEPA.init` with
+    `training_init_rng(seed)`, the predictor dropped (XLA never computes it).
+
+    The key does not depend on the crop length or the predictor's size, but it does on how the
+    run built its blocks: `config["source"]["scan_layers"]` (recorded by export; default True,
+    the training default) selects nn.scan's stacked init or unrolled `block_i` inits.
+    """
+    model_config = export.build_model_config(config["model"])
+    model_config.scan_layers = bool(config.get("source", {}).get("scan_layers", True))
+    model = WavJEPA.from_config(model_config)
+    num_samples = int(config["audio"]["chunk_samples"])
+    channels = int(config["audio"]["in_channels"])
+
+    @jax.jit
+    def init(rng):
+        params = nn.meta.unbox(model.init(rng, num_samples))
+        params = {"frontend": params["frontend"], "encoder": params["encoder"]}
+        if channels != 1:  # Training is mono; a multi-channel front end takes the same key.
+            audio = jnp.zeros((1, num_samples, channels), jnp.float32)
+            params["frontend"] = nn.meta.unbox(
+                model.frontend.init(jax.random.split(rng, 3)[0], audio)["params"])
+        return params
+
+    params = jax.device_get(init(training_init_rng(seed)))
+    return {"frontend": params["frontend"], "encoder": export.stack_blocks(params["encoder"])}
 
 
 def load_encoder(directory: str | os.PathLike, *, dtype: str | None = None,

@@ -39,6 +39,8 @@ RMS_DBFS = -14.0  # The release's loudness normalisation, before chunks are stan
 # The model-config fields an encoder needs; everything else (predictor, masking) is training-only.
 ENCODER_FIELDS = ("conv_layers", "conv_norm", "encoder_width", "encoder_depth", "encoder_heads",
                   "encoder_mlp", "norm_first", "layer_norm_eps")
+# Encoder fields added later, with the value that exports written before them imply.
+OPTIONAL_ENCODER_FIELDS = {"position_scale": 1.0}
 
 _DTYPES = {"F32": np.float32, "F16": np.float16, "F64": np.float64, "I64": np.int64,
            "I32": np.int32, "I16": np.int16, "I8": np.int8, "U8": np.uint8, "BOOL": np.bool_}
@@ -136,6 +138,8 @@ def encoder_model_config(model_config) -> dict:
     if missing:
         raise ValueError(f"model config lacks {missing}")
     model = {field: plain[field] for field in ENCODER_FIELDS}
+    model.update({field: plain.get(field, default)
+                  for field, default in OPTIONAL_ENCODER_FIELDS.items()})
     model["conv_layers"] = [[int(v) for v in layer] for layer in model["conv_layers"]]
     return model
 
@@ -145,6 +149,8 @@ def build_model_config(model: dict):
     `WavJEPA.from_config` (the predictor fields it also fills are never used)."""
     config = configuration.model_config("base")
     config.update({field: model[field] for field in ENCODER_FIELDS})
+    config.update({field: model.get(field, default)
+                   for field, default in OPTIONAL_ENCODER_FIELDS.items()})
     config.scan_layers, config.remat = True, False
     return config
 
@@ -210,7 +216,8 @@ def export_run(workdir: str, out_dir: str, step: int | None = None,
     written config.
 
     encoder="context" (default) is the online context encoder, whose output the release uses
-    downstream; "target" is its EMA copy (same front end; the EMA never updates the front end).
+    downstream; "target" is its EMA copy (with the online front end, or the EMA front end when
+    the run had model.target_frontend="ema").
     """
     from wavjepa_jax import checkpoint  # Orbax and Grain: needed here only.
     if encoder not in ("context", "target"):
@@ -218,11 +225,17 @@ def export_run(workdir: str, out_dir: str, step: int | None = None,
     step, state, config = checkpoint.load_state_arrays(workdir, step)
     params = state["params"]
     weights = params["encoder"] if encoder == "context" else state["target_params"]
-    save_encoder(out_dir, {"frontend": params["frontend"], "encoder": weights},
+    frontend = params["frontend"]
+    if encoder == "target" and state.get("target_frontend"):
+        frontend = state["target_frontend"]  # model.target_frontend="ema": its own front end.
+    save_encoder(out_dir, {"frontend": frontend, "encoder": weights},
                  config["model"], sample_rate=config["data"]["sample_rate"],
                  chunk_samples=config["data"]["crop_samples"], rms_dbfs=config["data"]["rms_dbfs"],
                  source={"kind": "training_run", "workdir": os.path.abspath(workdir),
-                         "step": int(step), "encoder": encoder})
+                         "step": int(step), "encoder": encoder,
+                         # What AudioEncoder.random_init needs to rebuild this run's step 0.
+                         "seed": int(config.get("seed", 0)),
+                         "scan_layers": bool(config["model"].get("scan_layers", True))})
     return read_config(out_dir)
 
 

@@ -86,6 +86,7 @@ class FrontEnd(nn.Module):
     width: int
     conv_norm: str = "group"
     dtype: jnp.dtype = jnp.float32
+    position_scale: float = 1.0
 
     def setup(self):
         self.conv = ConvFeatureStack(self.conv_layers, self.conv_norm, self.dtype)
@@ -102,5 +103,6 @@ class FrontEnd(nn.Module):
         """audio [batch, samples] -> tokens [batch, frames, width] with positions added."""
         features = self.feature_projection(self.feature_norm(self.conv(audio)))
         positions = jnp.arange(features.shape[1])
-        tokens = features + sincos_embedding(positions, self.width).astype(features.dtype)
+        code = self.position_scale * sincos_embedding(positions, self.width)
+        tokens = features + code.astype(features.dtype)
         return nn.with_logical_constraint(tokens, ("batch", "length", "act_embed"))

@@ -100,6 +100,13 @@ class Predictor(nn.Module):
         return dense(self.out_width, ("pred_embed", "embed"), "output_projection")(tokens)
 
 
+def training_init_rng(seed: int) -> jax.Array:
+    """The key a training run with `config.seed = seed` initialises its params from (with
+    `WavJEPA.init`); `AudioEncoder.random_init` uses it too, so the probe's untrained baseline is
+    exactly the run's step 0."""
+    return jax.random.fold_in(jax.random.PRNGKey(seed), 0)
+
+
 @dataclasses.dataclass(frozen=True)
 class WavJEPA:
     """The three module definitions of one model configuration (no parameters inside)."""
@@ -115,7 +122,8 @@ class WavJEPA:
                       scan=model.scan_layers, remat=model.remat)
         return cls(
             frontend=FrontEnd(tuple(tuple(layer) for layer in model.conv_layers),
-                              model.encoder_width, model.conv_norm, dtype),
+                              model.encoder_width, model.conv_norm, dtype,
+                              position_scale=model.get("position_scale", 1.0)),
             encoder=Encoder(model.encoder_depth, model.encoder_width, model.encoder_heads,
                             model.encoder_mlp, **common),
             predictor=Predictor(model.predictor_depth, model.predictor_width,

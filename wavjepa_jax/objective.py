@@ -8,6 +8,11 @@
 
 Gradient reaches the front end through the context branch only: the target branch takes the tokens
 under stop_gradient, and the target parameters are never differentiated.
+
+Options beyond the release (each off by default, see README "Does it learn?"):
+  target_frontend_params  the target branch computes its own tokens with an EMA front end
+  centering="batch"       targets minus their batch mean at each frame and channel
+  variance / covariance   VICReg terms on the context encoder's frame outputs
 """
 
 from __future__ import annotations
@@ -46,6 +51,33 @@ def make_targets(layer_outputs: jax.Array, top_k: int, mode: str) -> jax.Array:
     return jnp.mean(jax.vmap(lambda x: normalise_layer(x, mode))(top), axis=0)
 
 
+def centre_over_batch(targets: jax.Array) -> jax.Array:
+    """Subtract the batch mean at each frame and channel: [batch, frames, channels].
+
+    What every example shares at a given frame is mostly the sin-cos position code carried
+    through the encoder; without it the targets are what differs between the clips.
+    """
+    return targets - jnp.mean(targets, axis=0, keepdims=True)
+
+
+def variance_covariance(features: jax.Array, valid: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """VICReg's variance hinge and covariance penalty over every valid frame of the batch.
+
+    features [batch, n, channels], valid [batch, n]. Variance: mean over channels of
+    relu(1 - std), the std taken across all valid frames; covariance: the sum of squared
+    off-diagonal covariances divided by the channel count.
+    """
+    x = features.reshape(-1, features.shape[-1]).astype(jnp.float32)
+    weight = valid.reshape(-1, 1).astype(jnp.float32)
+    count = jnp.maximum(jnp.sum(weight), 2.0)
+    centred = (x - jnp.sum(x * weight, 0) / count) * weight
+    covariance = centred.T @ centred / (count - 1)
+    std = jnp.sqrt(jnp.diagonal(covariance) + 1e-4)
+    off_diagonal = covariance - jnp.diag(jnp.diagonal(covariance))
+    return (jnp.mean(jax.nn.relu(1.0 - std)),
+            jnp.sum(jnp.square(off_diagonal)) / features.shape[-1])
+
+
 def prediction_loss(predictions, targets, valid) -> jax.Array:
     """Per-frame MSE averaged over channels, then over every valid target frame of every group.
 
@@ -62,16 +94,23 @@ def gather_frames(x: jax.Array, idx: jax.Array) -> jax.Array:
 
 
 class LossOutputs(NamedTuple):
-    loss: jax.Array
+    loss: jax.Array              # What is differentiated: prediction + weighted regularisers
+    prediction_loss: jax.Array
+    variance_loss: jax.Array
+    covariance_loss: jax.Array
     context_features: jax.Array  # [batch, context, width], after the encoder's final norm
     targets: jax.Array           # [batch, frames, width]
 
 
-def target_features(model: WavJEPA, target_params, tokens, top_k: int, norm: str):
+def target_features(model: WavJEPA, target_params, tokens, top_k: int, norm: str,
+                    centering: str = "none"):
     """Targets for every frame from the EMA encoder on the full, unmasked sequence."""
     _, layers = model.encoder.apply({"params": target_params}, jax.lax.stop_gradient(tokens),
                                     return_all_layers=True)
-    return jax.lax.stop_gradient(make_targets(layers, top_k, norm))
+    targets = make_targets(layers, top_k, norm)
+    if centering == "batch":
+        targets = centre_over_batch(targets)
+    return jax.lax.stop_gradient(targets)
 
 
 def predict_groups(model: WavJEPA, predictor_params, context, masks: Masks):
@@ -86,17 +125,30 @@ def predict_groups(model: WavJEPA, predictor_params, context, masks: Masks):
 
 
 def wavjepa_loss(model: WavJEPA, params, target_params, audio, masks: Masks, *,
-                 top_k: int, target_norm: str) -> LossOutputs:
-    """The training loss for a batch of crops `audio` [batch, samples] and their masks."""
+                 top_k: int, target_norm: str, target_frontend_params=None,
+                 target_centering: str = "none", variance_weight: float = 0.0,
+                 covariance_weight: float = 0.0) -> LossOutputs:
+    """The training loss for a batch of crops `audio` [batch, samples] and their masks.
+
+    target_frontend_params: None (the release) feeds the target encoder the online front end's
+    tokens; an EMA front end's params give the target branch tokens of its own.
+    """
     tokens = model.frontend.apply({"params": params["frontend"]}, audio)
     context_tokens = gather_frames(tokens, masks.context_idx)
     context = model.encoder.apply({"params": params["encoder"]}, context_tokens,
                                   masks.context_valid)
     predictions = predict_groups(model, params["predictor"], context, masks)
 
-    targets = target_features(model, target_params, tokens, top_k, target_norm)
+    target_tokens = tokens if target_frontend_params is None else model.frontend.apply(
+        {"params": target_frontend_params}, audio)
+    targets = target_features(model, target_params, target_tokens, top_k, target_norm,
+                              target_centering)
     batch, groups, per_group = masks.target_idx.shape
     group_targets = gather_frames(targets, masks.target_idx.reshape(batch, groups * per_group))
     group_targets = group_targets.reshape(batch, groups, per_group, -1)
-    loss = prediction_loss(predictions, group_targets, masks.target_valid)
-    return LossOutputs(loss, context, targets)
+    predicted = prediction_loss(predictions, group_targets, masks.target_valid)
+    variance, covariance = (variance_covariance(context, masks.context_valid)
+                            if variance_weight or covariance_weight else (0.0, 0.0))
+    loss = predicted + variance_weight * variance + covariance_weight * covariance
+    return LossOutputs(loss, predicted, jnp.asarray(variance, jnp.float32),
+                       jnp.asarray(covariance, jnp.float32), context, targets)

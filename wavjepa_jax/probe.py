@@ -1,18 +1,21 @@
-r"""Linear (or small MLP) probes on frozen clip embeddings of an exported encoder.
+r"""Linear (or small MLP) probes on frozen clip features: an exported encoder's, or log-mels.
 
     python -m wavjepa_jax.probe --encoder DIR --data DATA --out results.json
     python -m wavjepa_jax.probe --encoder DIR --data tfds:NAME --tfds-data-dir D --out r.json
     python -m wavjepa_jax.probe ... --head mlp --noise-snr 20,10,0
-    python -m wavjepa_jax.probe ... --random-init      # the untrained baseline to beat
+    python -m wavjepa_jax.probe ... --random-init      # the untrained baseline: the run's step 0
+    python -m wavjepa_jax.probe --features logmel --data DATA --out r.json  # hand-crafted baseline
 
 Data: a folder `DATA/{train,test}/<class>/<clip>` of audio files (one label per clip), or a
 prepared TFDS dataset whose label feature is a ClassLabel (single-label: accuracy) or a sequence
-of ClassLabels (multi-label: mAP). Each clip becomes one vector, the mean of its frame
-embeddings (`AudioEncoder.embed_clip`, 2.01 s windows as the release). Features are standardised
-with training statistics; a validation split carved (stratified) from train picks the AdamW
-weight decay of the sweep, and the selected head is scored on test. With --noise-snr the test
-clips are also embedded with white noise added at each SNR (dB, relative to the clip's RMS at the
-encoder's sample rate) and scored with the same head.
+of ClassLabels (multi-label: mAP). Each clip becomes one vector: with `--features encoder` (the
+default) the mean of its frame embeddings (`AudioEncoder.embed_clip`, 2.01 s windows as the
+release); with `--features logmel` the mean and standard deviation over frames of its 64-band
+log-mel spectrogram (wavjepa_jax.logmel). Features are standardised with training statistics; a
+validation split carved (stratified) from train picks the AdamW weight decay of the sweep, and the
+selected head is scored on test. With --noise-snr the test clips are also featurized with white
+noise added at each SNR (dB, relative to the clip's RMS as the features receive it: resampled to
+their rate, 16 kHz, and mixed to mono for a mono encoder) and scored with the same head.
 """
 
 from __future__ import annotations
@@ -22,7 +25,7 @@ import dataclasses
 import json
 import os
 import sys
-from typing import Callable
+from typing import Callable, Protocol
 
 import flax.linen as nn
 import jax
@@ -34,6 +37,7 @@ from tqdm import tqdm
 from wavjepa_jax import export
 from wavjepa_jax.data import audio as audio_lib
 from wavjepa_jax.encoder_api import AudioEncoder, load_encoder
+from wavjepa_jax.logmel import LogMelFeatures
 
 WEIGHT_DECAYS = (0.0, 1e-3, 1e-2, 1e-1, 1.0)
 WHOLE_CLIP_SECONDS = 1e9  # A TfdsSource window longer than any clip: the whole clip.
@@ -112,29 +116,72 @@ def tfds_splits(name: str, data_dir: str | None, train_split: str, test_split: s
     return train, test, classes
 
 
-# --- embeddings -------------------------------------------------------------------------------
+# --- features ---------------------------------------------------------------------------------
+
+class Featurizer(Protocol):
+    """What the probe needs from a feature extractor: clips prepared at `sample_rate` (mixed to
+    mono when `in_channels` is 1) in, one vector per clip out."""
+
+    kind: str          # results["features"]: "encoder" or "logmel"
+    sample_rate: int
+    in_channels: int
+    source: dict       # results["source"]: where the features come from
+
+    def embed_clips(self, clips: list[np.ndarray]) -> np.ndarray:
+        """[channels, samples] clips -> [clips, dim] float32."""
+
+
+@dataclasses.dataclass
+class EncoderFeatures:
+    """An AudioEncoder's clip embeddings (the mean over frames) as a Featurizer."""
+
+    encoder: AudioEncoder
+    window: bool = True  # 2.01 s chunks as the release; False: each clip as one sequence
+
+    kind = "encoder"
+
+    @property
+    def sample_rate(self) -> int:
+        return self.encoder.sample_rate
+
+    @property
+    def in_channels(self) -> int:
+        return self.encoder.in_channels
+
+    @property
+    def source(self) -> dict:
+        return self.encoder.config.get("source", {})
+
+    def embed_clips(self, clips: list[np.ndarray]) -> np.ndarray:
+        return self.encoder.embed_clip(list(clips), self.sample_rate, window=self.window)
+
 
 def white_noise(clip: np.ndarray, snr_db: float, rng: np.random.Generator) -> np.ndarray:
     noise = rng.standard_normal(clip.shape).astype(np.float32)
     return clip + noise * (audio_lib.rms(clip) / 10 ** (snr_db / 20))
 
 
-def embed_split(encoder: AudioEncoder, split: Split, *, batch_clips: int, window: bool,
+def prepare_clip(featurizer: Featurizer, clip: np.ndarray, rate: int, *,
+                 snr_db: float | None = None, noise_seed=(0, 0)) -> np.ndarray:
+    """A clip as `featurizer` receives it: mono for a mono featurizer, at its rate, and with
+    white noise at snr_db relative to that signal (so the SNR is the one the features see)."""
+    if featurizer.in_channels == 1:
+        clip = audio_lib.to_mono(clip)
+    clip = audio_lib.resample(clip, rate, featurizer.sample_rate)
+    if snr_db is not None:
+        clip = white_noise(clip, snr_db, np.random.default_rng(noise_seed))
+    return clip
+
+
+def embed_split(featurizer: Featurizer, split: Split, *, batch_clips: int,
                 snr_db: float | None = None, seed: int = 0, desc: str = "") -> np.ndarray:
-    """[clips, width] clip embeddings, `batch_clips` clips per `embed` call."""
+    """[clips, dim] clip features, `batch_clips` clips per `embed_clips` call."""
     out = []
     progress = tqdm(total=len(split.labels), desc=desc, unit="clip", file=sys.stderr)
     for first in range(0, len(split.labels), batch_clips):
-        batch = []
-        for i in range(first, min(first + batch_clips, len(split.labels))):
-            clip, rate = split.read(i)
-            if encoder.in_channels == 1:
-                clip = audio_lib.to_mono(clip)  # Noise at the SNR the encoder will see.
-            clip = audio_lib.resample(clip, rate, encoder.sample_rate)
-            if snr_db is not None:
-                clip = white_noise(clip, snr_db, np.random.default_rng([seed, i]))
-            batch.append(clip)
-        out.append(encoder.embed_clip(batch, encoder.sample_rate, window=window))
+        batch = [prepare_clip(featurizer, *split.read(i), snr_db=snr_db, noise_seed=[seed, i])
+                 for i in range(first, min(first + batch_clips, len(split.labels)))]
+        out.append(featurizer.embed_clips(batch))
         progress.update(len(batch))
     progress.close()
     return np.concatenate(out).astype(np.float32)
@@ -220,18 +267,17 @@ def train_heads(x, y, *, num_classes: int, hidden: int, weight_decays, steps: in
     return head, jax.jit(jax.vmap(train_one))(decays, keys)
 
 
-def run_probe(encoder: AudioEncoder, train: Split, test: Split, classes: list[str], *,
+def run_probe(featurizer: Featurizer, train: Split, test: Split, classes: list[str], *,
               head: str = "linear", hidden: int = 256, noise_snrs=(), val_fraction: float = 0.2,
               weight_decays=WEIGHT_DECAYS, steps: int = 1000, batch_size: int = 256,
-              lr: float = 1e-3, batch_clips: int = 16, window: bool = True,
-              seed: int = 0) -> dict:
-    """Embed, fit the sweep, select on validation, score on test (and noisy test)."""
+              lr: float = 1e-3, batch_clips: int = 16, seed: int = 0) -> dict:
+    """Featurize, fit the sweep, select on validation, score on test (and noisy test)."""
     fit_idx, val_idx = validation_split(train.labels, val_fraction, seed)
     if not len(val_idx):
         raise ValueError("no validation clips: the probe needs 2 or more training clips per class")
-    embed = dict(batch_clips=batch_clips, window=window, seed=seed)
-    train_x = embed_split(encoder, train, desc="embed train", **embed)
-    test_x = embed_split(encoder, test, desc="embed test", **embed)
+    embed = dict(batch_clips=batch_clips, seed=seed)
+    train_x = embed_split(featurizer, train, desc="embed train", **embed)
+    test_x = embed_split(featurizer, test, desc="embed test", **embed)
     mean = train_x[fit_idx].mean(0)
     std = train_x[fit_idx].std(0) + 1e-6
     standardise = lambda x: (x - mean) / std  # noqa: E731
@@ -251,7 +297,8 @@ def run_probe(encoder: AudioEncoder, train: Split, test: Split, classes: list[st
 
     multi = train.labels.ndim == 2
     results = {
-        "encoder_source": encoder.config.get("source", {}),
+        "features": featurizer.kind,
+        "source": featurizer.source,
         "head": head,
         "metric": "mAP" if multi else "accuracy",
         "classes": classes,
@@ -267,10 +314,36 @@ def run_probe(encoder: AudioEncoder, train: Split, test: Split, classes: list[st
     }
     if noise_snrs:
         results["test_noisy"] = {
-            str(snr): test_score(embed_split(encoder, test, snr_db=float(snr),
+            str(snr): test_score(embed_split(featurizer, test, snr_db=float(snr),
                                              desc=f"embed test @ {snr} dB", **embed))
             for snr in noise_snrs}
     return results
+
+
+def make_featurizer(parser: argparse.ArgumentParser, args) -> Featurizer:
+    if args.features == "logmel":
+        given = [flag for flag, value in (("--encoder", args.encoder),
+                                          ("--random-init", args.random_init),
+                                          ("--init-seed", args.init_seed is not None),
+                                          ("--whole", args.whole)) if value]
+        if given:
+            parser.error(f"{', '.join(given)}: only with --features encoder")
+        return LogMelFeatures()
+    if not args.encoder:
+        parser.error("--features encoder needs --encoder DIR")
+    if args.init_seed is not None and not args.random_init:
+        parser.error("--init-seed: only with --random-init")
+    if args.random_init:
+        encoder = AudioEncoder.random_init(export.read_config(args.encoder), seed=args.init_seed)
+    else:
+        encoder = load_encoder(args.encoder)
+    return EncoderFeatures(encoder, window=not args.whole)
+
+
+def describe(args) -> str:
+    if args.features == "logmel":
+        return "log-mel features"
+    return f"{'random-init' if args.random_init else 'trained'} encoder"
 
 
 def main(argv=None) -> None:
@@ -278,7 +351,10 @@ def main(argv=None) -> None:
         prog="python -m wavjepa_jax.probe", description=__doc__.split("\n\n")[0],
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog="\n\n".join(__doc__.split("\n\n")[1:]))
-    parser.add_argument("--encoder", required=True, help="Exported encoder directory.")
+    parser.add_argument("--features", choices=("encoder", "logmel"), default="encoder",
+                        help="encoder: an exported encoder's clip embeddings (default); logmel: "
+                             "64-band log-mel mean and std (the hand-crafted baseline).")
+    parser.add_argument("--encoder", help="Exported encoder directory (--features encoder).")
     parser.add_argument("--data", required=True,
                         help="DATA folder with train/ and test/ class folders, or tfds:NAME.")
     parser.add_argument("--out", required=True, help="Where to write the results JSON.")
@@ -287,8 +363,13 @@ def main(argv=None) -> None:
     parser.add_argument("--noise-snr", default="",
                         help="Comma-separated SNRs (dB) at which to also score noisy test clips.")
     parser.add_argument("--random-init", action="store_true",
-                        help="Probe an untrained encoder of the same config (the baseline).")
-    parser.add_argument("--seed", type=int, default=0)
+                        help="Probe an untrained encoder of the same config (the baseline): the "
+                             "weights of the training run's step 0.")
+    parser.add_argument("--init-seed", type=int, default=None,
+                        help="--random-init: the training seed to rebuild step 0 of (default: the "
+                             "one the encoder's config.json records, else 0).")
+    parser.add_argument("--seed", type=int, default=0,
+                        help="The probe's seed: validation split, head init, minibatches, noise.")
     parser.add_argument("--val-fraction", type=float, default=0.2)
     parser.add_argument("--weight-decays", default=",".join(map(str, WEIGHT_DECAYS)),
                         help="Comma-separated AdamW weight decays to select from on validation.")
@@ -306,22 +387,18 @@ def main(argv=None) -> None:
     parser.add_argument("--label-key", default="label")
     args = parser.parse_args(argv)
 
-    if args.random_init:
-        encoder = AudioEncoder.random_init(export.read_config(args.encoder), seed=args.seed)
-    else:
-        encoder = load_encoder(args.encoder)
+    featurizer = make_featurizer(parser, args)
     if args.data.startswith("tfds:"):
         train, test, classes = tfds_splits(args.data[5:], args.tfds_data_dir, args.train_split,
                                            args.test_split, args.audio_key, args.label_key)
     else:
         train, test, classes = folder_splits(args.data)
     results = run_probe(
-        encoder, train, test, classes, head=args.head, hidden=args.hidden,
+        featurizer, train, test, classes, head=args.head, hidden=args.hidden,
         noise_snrs=[float(s) for s in args.noise_snr.split(",") if s.strip()],
         val_fraction=args.val_fraction,
         weight_decays=[float(w) for w in args.weight_decays.split(",")], steps=args.steps,
-        batch_size=args.batch_size, lr=args.lr, batch_clips=args.batch_clips,
-        window=not args.whole, seed=args.seed)
+        batch_size=args.batch_size, lr=args.lr, batch_clips=args.batch_clips, seed=args.seed)
     results.update(encoder=args.encoder, data=args.data, random_init=args.random_init)
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
     with open(args.out, "w") as f:
@@ -330,7 +407,7 @@ def main(argv=None) -> None:
     metric = results["metric"]
     print(f"{metric}: test {results['test']:.4f}  val {results['val']:.4f}  "
           f"chance {results['chance']:.4f}  (weight decay {results['weight_decay']:g}, "
-          f"{'random-init' if args.random_init else 'trained'} encoder, {args.head} head)")
+          f"{describe(args)}, {args.head} head)")
     for snr, value in results.get("test_noisy", {}).items():
         print(f"{metric}: test @ {snr} dB SNR {value:.4f}")
     print(f"wrote {args.out}")

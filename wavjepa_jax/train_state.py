@@ -11,31 +11,46 @@ import optax
 from jax.sharding import PartitionSpec as P
 
 from wavjepa_jax import sharding
-from wavjepa_jax.model import WavJEPA
+from wavjepa_jax.model import WavJEPA, training_init_rng
 
 
 class TrainState(flax.struct.PyTreeNode):
     step: jax.Array            # int32 scalar: steps taken (skipped non-finite steps included)
     params: dict               # {'frontend', 'encoder', 'predictor'}
     target_params: dict        # EMA of params['encoder']: the target encoder, never differentiated
+    target_frontend: dict      # EMA of params['frontend'] (model.target_frontend="ema"), else {}
     opt_state: optax.OptState
     rng: jax.Array             # uint32[2] base key; step keys are fold_in(rng, step)
     bad_steps: jax.Array       # int32: consecutive non-finite steps (reset by a good step)
     skipped_steps: jax.Array   # int32: all non-finite steps skipped so far
 
 
+def scaled_steps(steps: int, fraction: float, total_steps: int) -> int:
+    """`fraction` of total_steps when set (> 0), else the absolute `steps`.
+
+    The release's schedules are absolute (100k-step warmup and EMA anneal in a 375k-step run);
+    fractions keep the same shape for runs of any length.
+    """
+    return int(round(fraction * total_steps)) if fraction > 0 else int(steps)
+
+
 def learning_rate_schedule(optim: ml_collections.ConfigDict, total_steps: int) -> optax.Schedule:
-    """Linear warmup from 0 to `lr` over warmup_steps, then cosine decay to end_lr at total_steps."""
-    warmup = min(optim.warmup_steps, max(total_steps - 1, 0))
+    """Linear warmup from 0 to `lr` (over warmup_steps, or warmup_fraction of the run), then
+    cosine decay to end_lr at total_steps."""
+    warmup = scaled_steps(optim.warmup_steps, optim.warmup_fraction, total_steps)
+    warmup = min(warmup, max(total_steps - 1, 0))
     return optax.warmup_cosine_decay_schedule(
         init_value=0.0, peak_value=optim.lr, warmup_steps=warmup,
         decay_steps=max(total_steps, warmup + 1), end_value=optim.end_lr)
 
 
-def ema_decay_schedule(ema: ml_collections.ConfigDict):
-    """Linear from `start` to `end` over anneal_steps, then constant (the release's schedule)."""
+def ema_decay_schedule(ema: ml_collections.ConfigDict, total_steps: int):
+    """Linear from `start` to `end` over anneal_steps (or anneal_fraction of the run), then
+    constant (the release's schedule)."""
+    anneal = scaled_steps(ema.anneal_steps, ema.anneal_fraction, total_steps)
+
     def decay(step):
-        progress = jnp.minimum(step / max(ema.anneal_steps, 1), 1.0)
+        progress = jnp.minimum(step / max(anneal, 1), 1.0)
         return ema.start + (ema.end - ema.start) * progress
     return decay
 
@@ -90,12 +105,16 @@ def state_shardings(model: WavJEPA, config, mesh, optimizer):
         optimizer, lambda _, s: s, abstract_opt, param_shardings,
         transform_non_params=lambda _: sharding.replicated(mesh))
     scalar = sharding.replicated(mesh)
+    ema_frontend = config.model.target_frontend == "ema"
     shardings = TrainState(
         step=scalar, params=param_shardings, target_params=param_shardings["encoder"],
+        target_frontend=param_shardings["frontend"] if ema_frontend else {},
         opt_state=opt_shardings, rng=scalar, bad_steps=scalar, skipped_steps=scalar)
     abstract = TrainState(
         step=jax.ShapeDtypeStruct((), jnp.int32), params=abstract_params,
-        target_params=abstract_params["encoder"], opt_state=abstract_opt,
+        target_params=abstract_params["encoder"],
+        target_frontend=abstract_params["frontend"] if ema_frontend else {},
+        opt_state=abstract_opt,
         rng=jax.ShapeDtypeStruct((2,), jnp.uint32),
         bad_steps=jax.ShapeDtypeStruct((), jnp.int32),
         skipped_steps=jax.ShapeDtypeStruct((), jnp.int32))
@@ -106,10 +125,12 @@ def create_train_state(model: WavJEPA, config, optimizer, shardings) -> TrainSta
     """Initialise params directly into their shardings (no host copy of the full model)."""
     def init(seed):
         rng = jax.random.PRNGKey(seed)
-        params = nn.meta.unbox(model.init(jax.random.fold_in(rng, 0), config.data.crop_samples))
+        params = nn.meta.unbox(model.init(training_init_rng(seed), config.data.crop_samples))
         return TrainState(
             step=jnp.int32(0), params=params,
             target_params=jax.tree.map(jnp.copy, params["encoder"]),
+            target_frontend=(jax.tree.map(jnp.copy, params["frontend"])
+                             if config.model.target_frontend == "ema" else {}),
             opt_state=optimizer.init(params), rng=jax.random.fold_in(rng, 1),
             bad_steps=jnp.int32(0), skipped_steps=jnp.int32(0))
     return jax.jit(init, static_argnums=0, out_shardings=shardings)(config.seed)

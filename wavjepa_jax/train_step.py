@@ -56,11 +56,15 @@ def make_train_step(model: WavJEPA, config: ml_collections.ConfigDict,
     (`train_state.shard_map_ema_update`) is used when config.ema.shard_map is set.
     """
     num_frames = frontend.num_frames(config.data.crop_samples, config.model.conv_layers)
-    ema_decay = ema_decay_schedule(config.ema)
+    ema_decay = ema_decay_schedule(config.ema, config.total_steps)
+    ema_frontend = config.model.target_frontend == "ema"
     learning_rate = learning_rate_schedule(config.optim, config.total_steps)
     nan_steps = fault_injection(config)
-    loss_fn = functools.partial(objective.wavjepa_loss, model, top_k=config.model.top_k_layers,
-                                target_norm=config.model.target_norm)
+    loss_fn = functools.partial(
+        objective.wavjepa_loss, model, top_k=config.model.top_k_layers,
+        target_norm=config.model.target_norm, target_centering=config.model.target_centering,
+        variance_weight=config.loss.variance_weight,
+        covariance_weight=config.loss.covariance_weight)
 
     def logged_only(step_done, compute):
         """compute() on the steps the loop logs (an SVD is not free on a pod); zeros otherwise."""
@@ -75,7 +79,8 @@ def make_train_step(model: WavJEPA, config: ml_collections.ConfigDict,
             lambda m: nn.with_logical_constraint(m, ("batch",) + (None,) * (m.ndim - 1)), masks)
 
         def loss_of(params):
-            outputs = loss_fn(params, state.target_params, audio, masks)
+            outputs = loss_fn(params, state.target_params, audio, masks,
+                              target_frontend_params=state.target_frontend or None)
             return outputs.loss, outputs
 
         (loss, outputs), grads = jax.value_and_grad(loss_of, has_aux=True)(state.params)
@@ -89,6 +94,8 @@ def make_train_step(model: WavJEPA, config: ml_collections.ConfigDict,
         params = optax.apply_updates(state.params, updates)
         decay = ema_decay(state.step)
         target_params = ema_update_fn(state.target_params, params["encoder"], decay)
+        target_frontend = (ema_update(state.target_frontend, params["frontend"], decay)
+                           if ema_frontend else state.target_frontend)
 
         keep_if_finite = lambda new, old: jax.tree.map(  # noqa: E731
             lambda n, o: jnp.where(finite, n, o), new, old)
@@ -96,6 +103,7 @@ def make_train_step(model: WavJEPA, config: ml_collections.ConfigDict,
             step=state.step + 1,
             params=keep_if_finite(params, state.params),
             target_params=keep_if_finite(target_params, state.target_params),
+            target_frontend=keep_if_finite(target_frontend, state.target_frontend),
             opt_state=keep_if_finite(opt_state, state.opt_state),
             bad_steps=jnp.where(finite, 0, state.bad_steps + 1),
             skipped_steps=state.skipped_steps + (~finite).astype(jnp.int32))
@@ -103,7 +111,9 @@ def make_train_step(model: WavJEPA, config: ml_collections.ConfigDict,
         # finite steps only, so skipped steps do not move the schedule.
         count = optax.tree_utils.tree_get_all_with_path(state.opt_state, "count")[0][1]
         metrics = {
-            "loss": loss, "grad_norm": grad_norm, "ema_decay": decay, "finite": finite,
+            "loss": loss, "prediction_loss": outputs.prediction_loss,
+            "variance_loss": outputs.variance_loss, "covariance_loss": outputs.covariance_loss,
+            "grad_norm": grad_norm, "ema_decay": decay, "finite": finite,
             "learning_rate": learning_rate(count),
             "bad_steps": new_state.bad_steps, "skipped_steps": new_state.skipped_steps,
             "context_frames": jnp.mean(jnp.sum(masks.context_valid, axis=1)),

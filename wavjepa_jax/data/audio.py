@@ -115,16 +115,40 @@ def rms_normalise(audio: np.ndarray, dbfs: float) -> np.ndarray:
     return (audio * gain).astype(np.float32)
 
 
-def fit_length(audio: np.ndarray, num_samples: int, short_clip: str) -> np.ndarray:
-    """Truncate to `num_samples`, or extend a short clip by looping it or by zero padding."""
+SHORT_CLIP_MODES = ("pad_crop", "pad_clip", "loop")
+
+
+class TooShort(BadAudio):
+    """A clip whose audio would fill less than the required share of a crop."""
+
+
+def fit_length(audio: np.ndarray, num_samples: int, short_clip: str, crop_samples: int = 0,
+               min_crop_audio: float = 0.0, rng: np.random.Generator | None = None) -> np.ndarray:
+    """Truncate a clip to `num_samples`, and say what to do with a shorter one:
+
+    "pad_crop" (default): keep it as it is, zero-padded only up to one crop (`crop_samples`),
+        at a random offset; a clip filling less than `min_crop_audio` of a crop is TooShort.
+        Crops are then drawn inside the real audio: no crop is mostly padding.
+    "pad_clip": zero-pad to `num_samples` (the release): on a corpus of short clips most crops
+        are then silence, whose targets are the position code alone.
+    "loop": repeat the clip up to `num_samples`.
+    """
     length = audio.shape[1]
+    if short_clip not in SHORT_CLIP_MODES:
+        raise ValueError(f"data.short_clip={short_clip!r} must be one of {SHORT_CLIP_MODES}")
     if length >= num_samples:
         return audio[:, :num_samples]
     if short_clip == "loop":
         return np.tile(audio, (1, math.ceil(num_samples / length)))[:, :num_samples]
-    if short_clip == "pad":
+    if short_clip == "pad_clip":
         return np.pad(audio, ((0, 0), (0, num_samples - length)))
-    raise ValueError(f"data.short_clip={short_clip!r} must be 'loop' or 'pad'")
+    if length >= crop_samples:
+        return audio
+    if length < min_crop_audio * crop_samples:
+        raise TooShort(f"clip of {length} samples fills less than data.min_crop_audio="
+                       f"{min_crop_audio} of a {crop_samples}-sample crop")
+    offset = int(rng.integers(0, crop_samples - length + 1)) if rng is not None else 0
+    return np.pad(audio, ((0, 0), (offset, crop_samples - length - offset)))
 
 
 def random_crops(audio: np.ndarray, num_crops: int, crop_samples: int,

@@ -2,7 +2,8 @@
 
     range(len(source)).seed(config.seed).shuffle().repeat()  global order, reshuffled each epoch
       .random_map(ClipToCrops)           read, check, mono/channels, resample, RMS-normalise,
-                                         loop/pad, crop, standardise
+                                         loop/pad (a short clip: to one crop only), crop,
+                                         standardise
       [process_index::process_count]     this host's share
       .to_iter_dataset()                 threads read ahead
       -> CountSkippedClips               drop bad clips, count them
@@ -50,6 +51,7 @@ class ClipToCrops:
     clip_seconds: float
     rms_dbfs: float
     short_clip: str
+    min_crop_audio: float
     channels: int | None          # None: mix to mono.
     crops_per_clip: int
     crop_samples: int
@@ -63,7 +65,7 @@ class ClipToCrops:
             clip = audio.resample(clip, rate, self.sample_rate)
             clip = audio.rms_normalise(clip, self.rms_dbfs)
             clip = audio.fit_length(clip, round(self.clip_seconds * self.sample_rate),
-                                    self.short_clip)
+                                    self.short_clip, self.crop_samples, self.min_crop_audio, rng)
             crops = audio.random_crops(clip, self.crops_per_clip, self.crop_samples, rng)
         except Exception as error:  # Any unreadable or unusable clip is skipped and counted.
             return SkippedClip(self.source.describe(index), f"{type(error).__name__}: {error}")
@@ -133,8 +135,11 @@ def local_crops(config: ml_collections.ConfigDict, process_count: int) -> int:
 
 def check_data_config(data: ml_collections.ConfigDict) -> None:
     """ValueError, naming the field, for `config.data` settings that cannot work."""
-    if data.short_clip not in ("loop", "pad"):
-        raise ValueError(f"data.short_clip={data.short_clip!r} must be 'loop' or 'pad'")
+    if data.short_clip not in audio.SHORT_CLIP_MODES:
+        raise ValueError(f"data.short_clip={data.short_clip!r} must be one of "
+                         f"{audio.SHORT_CLIP_MODES}")
+    if not 0.0 <= data.min_crop_audio <= 1.0:
+        raise ValueError(f"data.min_crop_audio={data.min_crop_audio} must be in [0, 1]")
     if round(data.clip_seconds * data.sample_rate) < data.crop_samples:
         raise ValueError(f"data.clip_seconds={data.clip_seconds} at data.sample_rate="
                          f"{data.sample_rate} is shorter than "
@@ -151,7 +156,7 @@ def clip_to_crops(data: ml_collections.ConfigDict, source: sources.ClipSource) -
     """The per-clip transform `config.data` describes."""
     return ClipToCrops(source=source, sample_rate=data.sample_rate,
                        clip_seconds=data.clip_seconds, rms_dbfs=data.rms_dbfs,
-                       short_clip=data.short_clip,
+                       short_clip=data.short_clip, min_crop_audio=data.min_crop_audio,
                        channels=data.channels if data.keep_channels else None,
                        crops_per_clip=data.crops_per_clip, crop_samples=data.crop_samples)
 

@@ -1,0 +1,200 @@
+r"""Does pretraining learn? Pretrain, export along the way, probe every export, print one table.
+
+    python benchmarks/learning.py --config configs/cpu.py --corpus /data/corpus \
+        --tasks /data/tasks --workdir runs/learning
+    python benchmarks/learning.py ... --fractions 0,0.25,0.5,1 --snrs 10,0 \
+        -- --config.total_steps=400            # anything after -- goes to the training CLI
+
+1. `python -m wavjepa_jax.train` on the corpus folder (`data.source=folder`), saving a
+   checkpoint at every fraction of the run that is probed (an existing run in WORKDIR resumes).
+2. `python -m wavjepa_jax.export --step S` for each of them; fraction 0 is the run's own
+   initialisation (`probe --random-init` builds exactly the step-0 weights of the run's seed).
+3. `python -m wavjepa_jax.probe` on every task folder (TASKS/<task>/{train,test}/<class>/...)
+   for the log-mel baseline (`--features logmel`), step 0 and each checkpoint, clean and with
+   white noise at each SNR.
+4. One table: task x condition rows, one column per model, plus the mean over tasks; written
+   with the per-probe JSON files and the run's collapse monitors to WORKDIR/learning.json and
+   WORKDIR/learning.md.
+
+Probes are cached: a rerun only computes what is missing, so the table can be built in parts.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import math
+import os
+import platform
+import subprocess
+import sys
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def run(command: list[str], log_path: str) -> None:
+    """Run a CLI, its output appended to log_path; stop with the log's tail if it fails."""
+    with open(log_path, "a") as log:
+        log.write(f"\n$ {' '.join(command)}\n")
+        log.flush()
+        result = subprocess.run(command, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT)
+    if result.returncode:
+        with open(log_path) as log:
+            tail = log.read()[-3000:]
+        sys.exit(f"{command[2]} failed (exit {result.returncode}); end of {log_path}:\n{tail}")
+
+
+def resolved_config(config: str, overrides: list[str]) -> dict:
+    """The training config with the command-line overrides, as the training CLI will see it."""
+    from absl import flags
+    from ml_collections import config_flags
+    values = flags.FlagValues()
+    config_flags.DEFINE_config_file("config", config, flag_values=values, lock_config=True)
+    values(["learning.py", f"--config={config}", *overrides])
+    return values.config.to_dict()
+
+
+def probe_steps(total_steps: int, fractions: list[float]) -> dict[float, int]:
+    return {f: int(round(f * total_steps)) for f in fractions}
+
+
+def checkpoint_interval(steps: list[int]) -> int:
+    """The largest interval at which every probed step (> 0) is a checkpoint."""
+    return math.gcd(*[s for s in steps if s > 0]) or 1
+
+
+def train(args, overrides: list[str], total_steps: int, steps: list[int], log_path: str) -> float:
+    run_dir = os.path.join(args.workdir, "run")
+    started = time.time()
+    run([sys.executable, "-m", "wavjepa_jax.train", f"--config={args.config}",
+         f"--workdir={run_dir}", "--config.data.source=folder",
+         f"--config.data.path={args.corpus}",
+         f"--config.checkpoint.every={checkpoint_interval(steps)}",
+         f"--config.checkpoint.keep={len(steps) + 1}", *overrides], log_path)
+    return time.time() - started
+
+
+def export(args, step: int, log_path: str) -> str:
+    out = os.path.join(args.workdir, "exports", f"step_{step}")
+    if not os.path.exists(os.path.join(out, "config.json")):
+        run([sys.executable, "-m", "wavjepa_jax.export", f"--workdir={args.workdir}/run",
+             f"--step={step}", f"--out={out}"], log_path)
+    return out
+
+
+def probe(args, task: str, model: str, extra: list[str], log_path: str) -> dict:
+    out = os.path.join(args.workdir, "probes", f"{task}__{model}.json")
+    if not os.path.exists(out):
+        run([sys.executable, "-m", "wavjepa_jax.probe", f"--data={os.path.join(args.tasks, task)}",
+             f"--out={out}", f"--noise-snr={args.snrs}", f"--seed={args.probe_seed}", *extra],
+            log_path)
+    with open(out) as f:
+        return json.load(f)
+
+
+def table(results: dict, models: list[str], snrs: list[str]) -> list[str]:
+    """Markdown rows: one per task and condition, one column per model; means at the bottom."""
+    header = "| task | condition | " + " | ".join(models) + " |"
+    lines = [header, "|" + "---|" * 2 + "---:|" * len(models)]
+    conditions = ["clean"] + [f"{snr} dB" for snr in snrs]
+    means = {c: {m: [] for m in models} for c in conditions}
+    for task in sorted(results):
+        for condition in conditions:
+            row = []
+            for model in models:
+                r = results[task][model]
+                noisy = {float(snr): v for snr, v in r.get("test_noisy", {}).items()}
+                value = r["test"] if condition == "clean" else noisy[float(condition[:-3])]
+                means[condition][model].append(value)
+                row.append(f"{100 * value:.1f}")
+            lines.append(f"| {task} | {condition} | " + " | ".join(row) + " |")
+    for condition in conditions:
+        row = [f"{100 * sum(v) / len(v):.1f}" for v in means[condition].values()]
+        lines.append(f"| **mean** | {condition} | " + " | ".join(row) + " |")
+    return lines
+
+
+def monitors(workdir: str, steps: list[int]) -> list[str]:
+    """The collapse monitors at the logged step nearest each probed step."""
+    path = os.path.join(workdir, "run", "metrics.jsonl")
+    if not os.path.exists(path):
+        return []
+    records = [json.loads(line) for line in open(path)]
+    lines = ["| step | loss | prediction_loss | target_std | context_std | effective_rank |",
+             "|---:|---:|---:|---:|---:|---:|"]
+    for step in [s for s in steps if s > 0]:
+        r = min(records, key=lambda r: abs(r["step"] - step))
+        lines.append(f"| {r['step']} | {r['loss']:.4f} | {r.get('prediction_loss', r['loss']):.4f}"
+                     f" | {r['target_std']:.4f} | {r['context_std']:.4f} "
+                     f"| {r['effective_rank']:.2f} |")
+    return lines
+
+
+def main() -> None:
+    argv = sys.argv[1:]
+    overrides = argv[argv.index("--") + 1:] if "--" in argv else []
+    argv = argv[:argv.index("--")] if "--" in argv else argv
+    parser = argparse.ArgumentParser(
+        prog="python benchmarks/learning.py", description=__doc__.split("\n\n")[0],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="\n\n".join(__doc__.split("\n\n")[1:]))
+    parser.add_argument("--config", required=True, help="Training config file.")
+    parser.add_argument("--corpus", required=True, help="Folder of unlabelled audio.")
+    parser.add_argument("--tasks", required=True, help="Folder of probe task folders.")
+    parser.add_argument("--workdir", required=True)
+    parser.add_argument("--fractions", default="0,0.25,0.5,1",
+                        help="Points of the run to probe, as fractions of total_steps.")
+    parser.add_argument("--snrs", default="10,0", help="White-noise SNRs (dB) of the test.")
+    parser.add_argument("--probe-seed", type=int, default=0)
+    parser.add_argument("--no-train", action="store_true",
+                        help="Probe the checkpoints that exist; do not train.")
+    args = parser.parse_args(argv)
+    args.workdir = os.path.abspath(args.workdir)
+    os.makedirs(os.path.join(args.workdir, "probes"), exist_ok=True)
+    log_path = os.path.join(args.workdir, "learning.log")
+
+    config = resolved_config(args.config, overrides)
+    total = config["total_steps"]
+    steps = probe_steps(total, [float(f) for f in args.fractions.split(",")])
+    train_seconds = None
+    if not args.no_train:
+        train_seconds = train(args, overrides, total, list(steps.values()), log_path)
+        print(f"trained {total} steps in {train_seconds / 60:.1f} min", flush=True)
+
+    models = {"logmel": ["--features=logmel"]}
+    for fraction, step in steps.items():
+        name = f"step {step}"
+        if step == 0:
+            first = export(args, checkpoint_interval(list(steps.values())), log_path)
+            models[name] = ["--random-init", f"--encoder={first}"]
+        else:
+            models[name] = [f"--encoder={export(args, step, log_path)}"]
+    tasks = sorted(d for d in os.listdir(args.tasks)
+                   if os.path.isdir(os.path.join(args.tasks, d, "train")))
+    results = {}
+    started = time.time()
+    for task in tasks:
+        results[task] = {}
+        for model, extra in models.items():
+            results[task][model] = probe(args, task, model.replace(" ", "_"), extra, log_path)
+            print(f"{task:>20} {model:>12}: {100 * results[task][model]['test']:.1f}", flush=True)
+    snrs = [s.strip() for s in args.snrs.split(",") if s.strip()]
+    lines = table(results, list(models), snrs)
+    report = [f"# Learning benchmark: {args.config} {' '.join(overrides)}", "",
+              f"{datetime.date.today()}, {platform.node()}, {os.cpu_count()} CPU cores; "
+              f"{total} steps"
+              + (f", pretraining {train_seconds / 60:.1f} min" if train_seconds else "")
+              + f", probing {(time.time() - started) / 60:.1f} min", "", *lines, "",
+              *monitors(args.workdir, list(steps.values()))]
+    print("\n".join(report))
+    with open(os.path.join(args.workdir, "learning.md"), "w") as f:
+        f.write("\n".join(report) + "\n")
+    with open(os.path.join(args.workdir, "learning.json"), "w") as f:
+        json.dump({"config": args.config, "overrides": overrides, "steps": steps,
+                   "train_seconds": train_seconds, "results": results}, f, indent=1)
+
+
+if __name__ == "__main__":
+    main()

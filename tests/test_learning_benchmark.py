@@ -1,0 +1,55 @@
+"""benchmarks/learning.py end to end at tiny size: train, export, probe, one table."""
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import soundfile
+
+from wavjepa_jax.data import procedural
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+RATE = 16_000
+
+
+def write_task(root, rng):
+    """Two classes a probe can tell apart: low tones and high tones."""
+    for split, count in (("train", 6), ("test", 3)):
+        for label, (low, high) in {"low": (200, 400), "high": (2000, 4000)}.items():
+            folder = os.path.join(root, "tones", split, label)
+            os.makedirs(folder)
+            for i in range(count):
+                t = np.arange(int(0.5 * RATE)) / RATE
+                wave = 0.3 * np.sin(2 * np.pi * rng.uniform(low, high) * t)
+                soundfile.write(os.path.join(folder, f"{i}.wav"), wave, RATE)
+
+
+def test_learning_benchmark_prints_one_table(tmp_path):
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    for i in range(4):
+        soundfile.write(str(corpus / f"{i}.wav"), procedural.generate_clip(i, 3.0, RATE)[0], RATE)
+    write_task(str(tmp_path / "tasks"), np.random.default_rng(0))
+    workdir = tmp_path / "bench"
+    result = subprocess.run(
+        [sys.executable, os.path.join(ROOT, "benchmarks", "learning.py"),
+         "--config", os.path.join(ROOT, "configs", "tiny.py"), "--corpus", str(corpus),
+         "--tasks", str(tmp_path / "tasks"), "--workdir", str(workdir), "--fractions", "0,1",
+         "--snrs", "0", "--", "--config.total_steps=4", "--config.log_every=2"],
+        cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    lines = result.stdout.splitlines()
+    header = next(line for line in lines if line.startswith("| task |"))
+    assert [c.strip() for c in header.split("|")[1:-1]] == [
+        "task", "condition", "logmel", "step 0", "step 4"]
+    rows = [line for line in lines if line.startswith("| tones |")]
+    assert [row.split("|")[2].strip() for row in rows] == ["clean", "0 dB"]
+    clean_logmel = float(rows[0].split("|")[3])
+    assert clean_logmel > 80.0                       # Tones an octave apart: log-mel separates.
+    saved = json.loads((workdir / "learning.json").read_text())
+    assert saved["steps"] == {"0.0": 0, "1.0": 4}
+    step0 = saved["results"]["tones"]["step 0"]
+    assert step0["random_init"] is True
+    assert (workdir / "learning.md").read_text().count("| tones |") == 2
