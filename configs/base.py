@@ -1,4 +1,4 @@
-"""The released WavJEPA base recipe (SPEC.md): AudioSet, 256 crops/step, 375k steps, bf16.
+"""The released WavJEPA base recipe (docs/method.md): AudioSet, 256 crops/step, 375k steps, bf16.
 
     python -m wavjepa_jax.train --config configs/base.py --workdir DIR \
         --config.data.source=arrayrecord --config.data.path=/data/audioset_shards

@@ -206,8 +206,9 @@ def test_persistent_non_finite_steps_stop_the_run(env, reference, tmp_path):
     (step 10, before the streak) stays as it was."""
     result = train(env, tmp_path, "--config.max_bad_steps=3", expect_success=False)
     assert result.returncode != 0
-    assert "TrainingError: 3 consecutive steps with non-finite loss or gradients" in result.stderr
-    assert "stopping at step 13" in result.stderr
+    last = result.stderr.strip().splitlines()[-1]   # One line, no traceback (docs/errors.md).
+    assert last.startswith("error: 3 consecutive steps with non-finite loss or gradients")
+    assert "stopping at step 13" in last and "Traceback" not in result.stderr
     assert max(metrics_rows(tmp_path)) == 13
     assert_same_state(tmp_path, reference["workdir"], step=10)
 

@@ -223,9 +223,12 @@ def test_cli_converts_and_reports(tmp_path, capsys):
     assert config["model"]["encoder_heads"] == 4
     assert params["encoder"]["transformer"]["blocks"]["attention"]["query_kernel"].shape == (
         2, 64, 4, 16)
-    with pytest.raises(SystemExit, match="does not match"):
-        torch.save({"state_dict": {"x": torch.ones(1)}}, tmp_path / "bad.ckpt")
+    torch.save({"state_dict": {"x": torch.ones(1)}}, tmp_path / "bad.ckpt")
+    with pytest.raises(SystemExit) as exit_info:
         convert.main(["--checkpoint", str(tmp_path / "bad.ckpt"), "--out", str(tmp_path / "o2")])
+    assert exit_info.value.code == 1
+    assert "error: the checkpoint does not match" in capsys.readouterr().err
+    assert not (tmp_path / "o2").exists()
 
 
 def test_pickled_objects_need_trust_pickle(tmp_path):

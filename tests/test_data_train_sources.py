@@ -37,7 +37,7 @@ for source, overrides, workdir in json.loads(sys.argv[1]):
 
 
 class WavjepaTrainTones(tfds.core.GeneratorBasedBuilder):
-    """Two 1 s 16 kHz float tones under the default feature name "audio"."""
+    """Two 3 s 16 kHz float tones under the default feature name "audio"."""
 
     VERSION = tfds.core.Version("1.0.0")
 
@@ -54,8 +54,9 @@ class WavjepaTrainTones(tfds.core.GeneratorBasedBuilder):
             yield index, {"audio": tone(frequency).astype(np.float32)}
 
 
-def tone(frequency, rate=16_000):
-    return 0.3 * np.sin(2 * np.pi * frequency * np.arange(rate) / rate)
+def tone(frequency, rate=16_000, seconds=3.0):
+    """Longer than a 2.01 s crop: shorter clips are padded, and under half a crop skipped."""
+    return 0.3 * np.sin(2 * np.pi * frequency * np.arange(int(seconds * rate)) / rate)
 
 
 @pytest.fixture(scope="module")

@@ -18,7 +18,7 @@ def abstract_params(size):
 
 def test_base_parameter_counts_match_the_release():
     counts = train.param_summary(abstract_params("base"))
-    # SPEC.md: front end ~3.7M, encoder ~85M, predictor ~21M, ~111M trainable.
+    # docs/method.md: front end ~3.7M, encoder ~85M, predictor ~21M, ~111M trainable.
     assert counts["frontend"] == pytest.approx(3.7e6, rel=0.02)
     assert counts["encoder"] == pytest.approx(85e6, rel=0.02)
     assert counts["predictor"] == pytest.approx(21e6, rel=0.02)

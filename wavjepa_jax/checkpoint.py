@@ -44,6 +44,24 @@ def write_config(workdir: str, config: ml_collections.ConfigDict) -> None:
     (epath.Path(workdir) / "config.json").write_text(config.to_json(indent=2, sort_keys=True))
 
 
+def set_aside_stale_metrics(workdir: str) -> str | None:
+    """A run that starts fresh (no checkpoint in WORKDIR/checkpoints) over an earlier run's
+    metrics.jsonl moves that file aside to metrics-before-<time>.jsonl, so the new run's steps
+    are not appended to the old one's (1, 2, 3 after 5, 10); returns the new name, else None."""
+    workdir = epath.Path(workdir)
+    metrics = workdir / "metrics.jsonl"
+    directory = workdir / CHECKPOINTS
+    has_steps = directory.is_dir() and any(p.name.isdigit() for p in directory.iterdir())
+    if has_steps or not metrics.exists() or not metrics.stat().length:
+        return None
+    destination = workdir / time.strftime("metrics-before-%Y%m%d-%H%M%S.jsonl")
+    metrics.rename(destination)
+    log.warning("%s has no checkpoint, so this run starts at step 0: the earlier run's %s was "
+                "moved to %s (metrics.jsonl holds this run only)", directory, metrics,
+                destination)
+    return str(destination)
+
+
 def with_shardings(abstract_state, shardings):
     """The abstract state with each leaf's target NamedSharding: what StandardRestore places into."""
     return jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
@@ -82,6 +100,14 @@ class Checkpointer:
         steps = sorted(self.manager.all_steps(), reverse=True)
         failed, error = [], None
         for step in steps:
+            mismatch = _params_mismatch(self.directory / str(step), abstract_state)
+            if mismatch:  # Never started: a doomed read leaves TensorStore threads to spam.
+                restored, error = None, CheckpointError(mismatch)
+                log.warning("checkpoint %s does not fit this config: %s",
+                            self.directory / str(step), mismatch)
+                _on_every_process(False)  # Hosts agree step by step, as below.
+                failed.append(step)
+                continue
             try:
                 restored = self.manager.restore(step, args=ocp.args.Composite(
                     state=ocp.args.StandardRestore(abstract_state),
@@ -101,11 +127,33 @@ class Checkpointer:
                 return restored.state
             failed.append(step)
         if failed:
+            changed = self._changed_model_fields(failed[0])
+            if changed:
+                raise CheckpointError(
+                    f"the checkpoints {failed} in {self.directory} hold another model than this "
+                    f"config ({changed}): resume with the settings they were saved with, or "
+                    "train into a new --workdir") from error
+            last = " ".join(str(error).split())
             raise CheckpointError(
-                f"none of the checkpoints {failed} in {self.directory} can be restored; the last "
-                f"error was {type(error).__name__}: {error}. If the config does not match them, "
-                "fix it; if they are damaged, move them away to start fresh.") from error
+                f"none of the checkpoints {failed} in {self.directory} can be restored (last "
+                f"error: {type(error).__name__}: {last[:300]}{' ...' if len(last) > 300 else ''}"
+                "); if the config does not match them, fix it; if they are damaged, move them "
+                "away to start fresh") from error
         return None
+
+    def _changed_model_fields(self, step: int) -> str:
+        """'model.a: old -> new, ...' between checkpoint `step`'s saved config and this run's,
+        over the model section (what decides the arrays' shapes); '' if equal or unreadable."""
+        try:
+            saved = self.manager.restore(step, args=ocp.args.Composite(
+                config=ocp.args.JsonRestore())).config
+        except Exception:  # noqa: BLE001 - no readable config: nothing to compare.
+            return ""
+        saved = _flatten({"model": saved.get("model", {})})
+        current = _flatten({"model": self.config_json.get("model", {})})
+        return ", ".join(f"{k}: {saved.get(k)!r} -> {current.get(k)!r}"
+                         for k in sorted(saved.keys() | current.keys())
+                         if saved.get(k) != current.get(k))
 
     def save(self, step: int, state, data_iter: grain.DatasetIterator,
              force: bool = False) -> bool:
@@ -183,6 +231,29 @@ def _on_every_process(ok: bool) -> bool:
     return bool(np.all(multihost_utils.process_allgather(np.int32(ok))))
 
 
+def _leaf_shapes(tree) -> dict[str, tuple]:
+    return {"/".join(str(getattr(k, "key", k)) for k in path): tuple(leaf.shape)
+            for path, leaf in jax.tree_util.tree_leaves_with_path(tree)}
+
+
+def _params_mismatch(step_dir, abstract_state) -> str:
+    """How the stored params of a checkpoint differ in names or shapes from `abstract_state`'s
+    (read from its metadata, no array is read); '' when they agree or cannot be compared."""
+    try:
+        stored = ocp.StandardCheckpointHandler().metadata(step_dir / "state")
+        stored = _leaf_shapes(getattr(stored, "tree", stored)["params"])
+        wanted = _leaf_shapes(abstract_state.params)
+    except Exception:  # noqa: BLE001 - unreadable metadata: let the restore itself decide.
+        return ""
+    missing = sorted(set(wanted) - set(stored))
+    unexpected = sorted(set(stored) - set(wanted))
+    wrong = [f"params/{k}: saved {stored[k]}, now {wanted[k]}" for k in sorted(wanted)
+             if k in stored and stored[k] != wanted[k]]
+    problems = ([f"params missing from it: {missing[:3]}"] if missing else []) + (
+        [f"params only in it: {unexpected[:3]}"] if unexpected else []) + wrong[:2]
+    return "; ".join(problems)
+
+
 def _flatten(tree, prefix=""):
     if isinstance(tree, dict):
         return {k: v for key, sub in tree.items()
@@ -206,12 +277,20 @@ def load_state_arrays(workdir: str, step: int | None = None):
     if "://" not in str(workdir):
         workdir = os.path.abspath(workdir)  # Orbax needs absolute paths; buckets already are.
     directory = epath.Path(workdir) / CHECKPOINTS
+    if not directory.is_dir():  # Checked first: the manager would create it.
+        raise CheckpointError(f"no checkpoints in --workdir {workdir}: {directory} does not "
+                              "exist (is it a training run's directory?)")
     handlers = {"state": ocp.StandardCheckpointHandler(), "config": ocp.JsonCheckpointHandler(),
                 "data": grain.checkpoint.CheckpointHandler()}
-    with ocp.CheckpointManager(directory, item_handlers=handlers) as manager:
-        step = manager.latest_step() if step is None else step
-        if step is None:
+    options = ocp.CheckpointManagerOptions(create=False, read_only=True)
+    with ocp.CheckpointManager(directory, item_handlers=handlers, options=options) as manager:
+        saved = sorted(manager.all_steps())
+        if not saved:
             raise CheckpointError(f"no checkpoint in {directory}")
+        step = saved[-1] if step is None else step
+        if step not in saved:
+            raise CheckpointError(f"step {step} is not saved in {directory}; saved steps: "
+                                  f"{', '.join(map(str, saved))}")
         device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
         abstract = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device),
                                 manager.item_metadata(step).state)

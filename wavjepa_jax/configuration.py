@@ -97,7 +97,7 @@ def mask_config() -> ml_collections.ConfigDict:
 
 
 def default_config() -> ml_collections.ConfigDict:
-    """The released base recipe (SPEC.md); other configs override leaves of this."""
+    """The released base recipe (docs/method.md); other configs override leaves of this."""
     config = ml_collections.ConfigDict()
     config.seed = 0
     config.total_steps = 375_000
@@ -206,3 +206,20 @@ def validate(config: ml_collections.ConfigDict) -> None:
     if config.batch_size % config.data.crops_per_clip:
         raise ValueError(f"batch_size={config.batch_size} is not divisible by "
                          f"data.crops_per_clip={config.data.crops_per_clip}")
+    for field in ("total_steps", "log_every", "checkpoint.every"):
+        value = config[field] if "." not in field else config[field.split(".")[0]][
+            field.split(".")[1]]
+        if value < 1:
+            raise ValueError(f"{field}={value} must be positive")
+
+
+def check_process_split(config: ml_collections.ConfigDict, process_count: int) -> None:
+    """ValueError, naming the fields, unless each of `process_count` processes can read whole
+    clips: batch_size splits evenly over processes, and each share over data.crops_per_clip."""
+    crops_per_clip = config.data.crops_per_clip
+    if config.batch_size % process_count or (config.batch_size // process_count) % crops_per_clip:
+        raise ValueError(
+            f"batch_size={config.batch_size} over {process_count} processes is "
+            f"{config.batch_size / process_count:g} crops per process, not a multiple of "
+            f"data.crops_per_clip={crops_per_clip} (each process reads whole clips): use a "
+            f"batch_size divisible by {process_count * crops_per_clip}, or fewer crops per clip")

@@ -29,7 +29,7 @@ import sys
 import jax
 import numpy as np
 
-from wavjepa_jax import configuration, export
+from wavjepa_jax import cli, configuration, export
 from wavjepa_jax.positions import sincos_embedding
 
 # Parts of the release's state dict that only training uses; converted encoders drop them.
@@ -43,6 +43,8 @@ LAYER_PREFIX = "encoder.layers.{}."
 
 class ConversionError(ValueError):
     """The checkpoint does not match the encoder: the message lists every mismatched key."""
+
+    multiline = True  # cli prints the whole listing, not just its first line.
 
 
 def load_state_dict(path: str, trust_pickle: bool = False) -> dict[str, np.ndarray]:
@@ -59,17 +61,32 @@ def load_state_dict(path: str, trust_pickle: bool = False) -> dict[str, np.ndarr
     try:
         checkpoint = torch.load(path, map_location="cpu", weights_only=not trust_pickle)
     except Exception as e:  # noqa: BLE001 - torch raises several types for refused pickles.
-        if trust_pickle:
-            raise
+        if not trust_pickle and _refused_pickle(e):
+            refused = next((line.strip() for line in str(e).splitlines()
+                            if "Unsupported global" in line), "a pickled Python object")
+            raise ConversionError(
+                f"{path} holds pickled Python objects that torch.load(weights_only=True) refuses "
+                f"({refused[:200]}); Lightning checkpoints pickle some hyper-parameters. If you "
+                "trust the file, rerun with --trust-pickle (this executes code stored in "
+                "it).") from e
+        # Anything else is a damaged file, which --trust-pickle cannot fix: never suggest it.
         raise ConversionError(
-            f"{path} could not be read with torch.load(weights_only=True): {e}\n"
-            "Lightning checkpoints can pickle Python objects in their hyper-parameters. If you "
-            "trust the file, rerun with --trust-pickle (this executes code stored in it).") from e
+            f"{path}: not a readable PyTorch checkpoint (truncated or corrupt?): "
+            f"{type(e).__name__}: {' '.join(str(e).split())[:300]}") from e
     state = checkpoint.get("state_dict", checkpoint) if isinstance(checkpoint, dict) else None
     if not isinstance(state, dict):
         raise ConversionError(f"{path} holds no state dict (got {type(checkpoint).__name__})")
     return {k: v.detach().float().cpu().numpy() for k, v in state.items()
             if isinstance(v, torch.Tensor)}
+
+
+def _refused_pickle(error: Exception) -> bool:
+    """Whether torch.load failed because weights_only refused a pickled object (the file is
+    whole but holds Python objects), rather than because the file is damaged."""
+    import pickle
+    text = str(error)
+    return isinstance(error, pickle.UnpicklingError) and (
+        "Unsupported global" in text or "safe_globals" in text)
 
 
 def canonical_names(state: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -235,6 +252,8 @@ def to_flax(state: dict[str, np.ndarray], model: dict) -> dict:
 def convert(checkpoint: str, out_dir: str, *, strides=None, heads=None,
             trust_pickle: bool = False) -> dict:
     """Convert `checkpoint` into an exported encoder in `out_dir`; returns a short report."""
+    if not os.path.isfile(checkpoint):
+        raise ConversionError(f"--checkpoint {checkpoint}: no such file")
     state = canonical_names(load_state_dict(checkpoint, trust_pickle))
     model = infer_architecture(state, strides, heads)
     conv0 = state.get(CONV_KEY.format(0))
@@ -267,13 +286,15 @@ def main(argv=None) -> None:
     parser.add_argument("--trust-pickle", action="store_true",
                         help="Allow torch.load(weights_only=False) for checkpoints that pickle "
                              "Python objects. Executes code from the file: trusted files only.")
+    cli.add_debug_flag(parser)
     args = parser.parse_args(argv)
-    strides = [int(s) for s in args.conv_strides.split(",")] if args.conv_strides else None
     try:
+        strides = [int(s) for s in args.conv_strides.split(",")] if args.conv_strides else None
+    except ValueError:
+        parser.error(f"--conv-strides={args.conv_strides!r}: comma-separated integers expected")
+    with cli.reported_errors(args.debug):
         report = convert(args.checkpoint, args.out, strides=strides, heads=args.heads,
                          trust_pickle=args.trust_pickle)
-    except ConversionError as e:
-        sys.exit(f"convert: {e}")
     print(f"converted {report['converted']} tensors into {args.out}; dropped "
           f"{report['dropped_training_only']} training-only tensors "
           f"({', '.join(report['dropped_parts']) or 'none'})")

@@ -180,7 +180,8 @@ class AudioEncoder:
                                                  and sample_rate > 0
                                                  and int(sample_rate) == sample_rate):
             raise ValueError(f"sample_rate must be a positive integer, got {sample_rate!r}")
-        clips = [self._prepare(clip, int(sample_rate)) for clip in clips]
+        names = ["audio"] if layout == "single" else [f"audio[{i}]" for i in range(len(clips))]
+        clips = [self._prepare(clip, int(sample_rate), name) for clip, name in zip(clips, names)]
         segments = [s for i, c in enumerate(clips) for s in self._segments(c, i, window)]
         parts: list[list] = [[] for _ in clips]
         for seg, out in zip(segments, self._run(segments)):
@@ -209,12 +210,18 @@ class AudioEncoder:
 
     # --- internals ----------------------------------------------------------------------------
 
-    def _prepare(self, clip: np.ndarray, sample_rate: int) -> np.ndarray:
+    def _prepare(self, clip: np.ndarray, sample_rate: int, what: str = "audio") -> np.ndarray:
         if self.in_channels == 1:
             clip = audio_lib.to_mono(clip)
         else:
             clip = audio_lib.to_channels(clip, self.in_channels)  # BadAudio is a ValueError.
+        samples = clip.shape[1]
         clip = audio_lib.resample(clip, sample_rate, self.sample_rate)
+        if clip.shape[1] == 0:
+            raise ValueError(f"{what}: {samples} samples at sample_rate={sample_rate} last "
+                             f"{samples / sample_rate:.3g} s, less than one sample at the "
+                             f"encoder's {self.sample_rate} Hz (is sample_rate right?)")
+        # rms() is overflow-safe, so a clip of any finite scale is normalised, not zeroed.
         return audio_lib.rms_normalise(clip, self.rms_dbfs)
 
     def _segments(self, clip: np.ndarray, index: int, window: bool) -> list[_Segment]:
@@ -290,13 +297,71 @@ def step0_params(config: dict, seed: int) -> dict:
     return {"frontend": params["frontend"], "encoder": export.stack_blocks(params["encoder"])}
 
 
+def expected_param_shapes(config: dict) -> dict[str, tuple]:
+    """Every parameter an exported-encoder `config`'s architecture has, flattened as in the
+    safetensors file, with its shape (traced with jax.eval_shape: nothing is computed)."""
+    model = WavJEPA.from_config(export.build_model_config(config["model"]))
+    chunk, channels = int(config["audio"]["chunk_samples"]), int(config["audio"]["in_channels"])
+    frames, width = num_frames(chunk, config["model"]["conv_layers"]), model.encoder.width
+    audio = (jax.ShapeDtypeStruct((1, chunk), jnp.float32) if channels == 1 else
+             jax.ShapeDtypeStruct((1, chunk, channels), jnp.float32))
+    rng = jax.random.PRNGKey(0)
+    shapes = nn.meta.unbox({
+        "frontend": jax.eval_shape(model.frontend.init, rng, audio)["params"],
+        "encoder": jax.eval_shape(model.encoder.init, rng, jax.ShapeDtypeStruct(
+            (1, max(frames, 1), width), jnp.float32))["params"]})
+    return {name: tuple(leaf.shape) for name, leaf in _flat_leaves(shapes).items()}
+
+
+def _flat_leaves(tree: dict, prefix: str = "") -> dict:
+    flat = {}
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            flat.update(_flat_leaves(value, f"{prefix}{key}/"))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+def check_params_fit_config(params: dict, config: dict, directory: str) -> None:
+    """ExportError naming the files unless `params` are exactly the tensors config.json's model
+    needs (an edited depth or width, or a tensor missing, is found here, not inside Flax)."""
+    weights = os.path.join(directory, export.WEIGHTS_FILE)
+    config_path = os.path.join(directory, export.CONFIG_FILE)
+    try:
+        expected = expected_param_shapes(config)
+    except Exception as e:  # noqa: BLE001 - an impossible architecture (e.g. width % heads).
+        raise export.ExportError(f"{config_path}: field 'model' does not describe an encoder "
+                                 f"that can be built ({type(e).__name__}: {e})") from None
+    got = {name: tuple(np.shape(leaf)) for name, leaf in _flat_leaves(params).items()}
+    missing = sorted(set(expected) - set(got))
+    unexpected = sorted(set(got) - set(expected))
+    wrong = [f"{name} is {got[name]} in the file, {expected[name]} for config.json's model"
+             for name in sorted(expected) if name in got and got[name] != expected[name]]
+    if missing or unexpected or wrong:
+        problems = ([f"missing {missing[:3]}{' ...' if len(missing) > 3 else ''}"] if missing
+                    else []) + ([f"unexpected {unexpected[:3]}"
+                                 f"{' ...' if len(unexpected) > 3 else ''}"] if unexpected else [])
+        problems += wrong[:2] + ([f"... {len(wrong) - 2} more"] if len(wrong) > 2 else [])
+        depth = config["model"].get("encoder_depth")
+        raise export.ExportError(
+            f"{weights} does not fit {config_path} (model.encoder_depth={depth}, "
+            f"model.encoder_width={config['model'].get('encoder_width')}): "
+            + "; ".join(problems))
+
+
 def load_encoder(directory: str | os.PathLike, *, dtype: str | None = None,
                  max_batch: int = 32) -> AudioEncoder:
     """An exported encoder (python -m wavjepa_jax.export / convert) ready to embed audio.
 
     dtype: compute dtype ("float32", default, or "bfloat16"); parameters stay float32.
     max_batch: chunks per forward pass (memory vs speed).
-    """
-    params, config = export.load_exported(os.fspath(directory))
-    return AudioEncoder(params, config, dtype=dtype, max_batch=max_batch)
 
+    The weights are verified against config.json (its manifest of tensor names, shapes, dtypes
+    and sha256, and its model's architecture); a damaged or edited export raises
+    export.ExportError (a ValueError) naming the file and what differs.
+    """
+    directory = os.fspath(directory)
+    params, config = export.load_exported(directory)
+    check_params_fit_config(params, config, directory)
+    return AudioEncoder(params, config, dtype=dtype, max_batch=max_batch)

@@ -17,7 +17,7 @@ token counts must be static. Two modes, both returning index sets of fixed size:
       context `context_size` frames outside all targets; draws whose targets leave too few
       frames for the context are redrawn. Span structure and locations follow the release's
       draw; only the sizes are fixed (defaults 36 and 45: the release's means are 38.8 and
-      45.5; 36 lies in SPEC's 34-39 range and keeps the step under half the release's FLOPs).
+      45.5; 36 lies in the release's typical 34-39 range and keeps the step under half the release's FLOPs).
   "release": the release's distribution unchanged. Sets are padded to a capacity with validity
       masks (target capacity = the largest possible group, context `context_capacity`); the
       rare draw whose context exceeds the capacity is redrawn, like the release's < 10% rule.

@@ -23,20 +23,25 @@ def _plain(value):
 
 
 class MetricWriter:
+    """Files are opened at the first write, so a run refused at start-up leaves none behind."""
+
     def __init__(self, workdir: str, enabled: bool = True):
         self.enabled = enabled
+        self.workdir = epath.Path(workdir)
         self._jsonl = None
         self._tb = None
-        if enabled:
-            workdir = epath.Path(workdir)
-            workdir.mkdir(parents=True, exist_ok=True)
-            self._jsonl = (workdir / "metrics.jsonl").open("a")
-            from tensorboardX import SummaryWriter  # Event files without TensorFlow.
-            self._tb = SummaryWriter(str(workdir / "tb"))
+
+    def _open(self) -> None:
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self._jsonl = (self.workdir / "metrics.jsonl").open("a")
+        from tensorboardX import SummaryWriter  # Event files without TensorFlow.
+        self._tb = SummaryWriter(str(self.workdir / "tb"))
 
     def write(self, step: int, metrics: dict) -> None:
         if not self.enabled:
             return
+        if self._jsonl is None:
+            self._open()
         record = {"step": int(step), **{k: _plain(v) for k, v in metrics.items()}}
         self._jsonl.write(json.dumps(record, allow_nan=True) + "\n")
         self._jsonl.flush()
@@ -46,7 +51,7 @@ class MetricWriter:
         self._tb.flush()
 
     def close(self) -> None:
-        if self.enabled:
+        if self._jsonl is not None:
             self._jsonl.close()
             self._tb.close()
 

@@ -34,7 +34,7 @@ import numpy as np
 import optax
 from tqdm import tqdm
 
-from wavjepa_jax import export
+from wavjepa_jax import cli, export
 from wavjepa_jax.data import audio as audio_lib
 from wavjepa_jax.encoder_api import AudioEncoder, load_encoder
 from wavjepa_jax.logmel import LogMelFeatures
@@ -52,6 +52,7 @@ class Split:
 
     read: Callable[[int], tuple[np.ndarray, int]]
     labels: np.ndarray
+    describe: Callable[[int], str] = str  # Names clip i in reports (its path for a folder).
 
 
 def folder_splits(root: str) -> tuple[Split, Split, list[str]]:
@@ -77,7 +78,8 @@ def folder_splits(root: str) -> tuple[Split, Split, list[str]]:
             labels += [label] * len(files)
         if not paths:
             raise ValueError(f"no audio files under {os.path.join(root, name)}")
-        return Split(lambda i: audio_lib.load_audio(paths[i]), np.array(labels))
+        return Split(lambda i: audio_lib.load_audio(paths[i]), np.array(labels),
+                     describe=lambda i: paths[i])
 
     return split("train"), split("test"), classes
 
@@ -110,7 +112,8 @@ def tfds_splits(name: str, data_dir: str | None, train_split: str, test_split: s
                 labels[row, value.astype(int)] = 1.0
         else:
             labels = np.array([int(v) for v in raw])
-        return Split(lambda i: source.read(i, None, WHOLE_CLIP_SECONDS), labels), classes
+        return Split(lambda i: source.read(i, None, WHOLE_CLIP_SECONDS), labels,
+                     describe=lambda i: f"{name}:{split_name}[{i}]"), classes
 
     (train, classes), (test, _) = split(train_split), split(test_split)
     return train, test, classes
@@ -173,18 +176,66 @@ def prepare_clip(featurizer: Featurizer, clip: np.ndarray, rate: int, *,
     return clip
 
 
+class TooManyBadClips(ValueError):
+    """More of a split's clips could not be used than `max_skipped` allows."""
+
+
+def usable_clip(featurizer: Featurizer, split: Split, index: int, *,
+                snr_db: float | None = None, seed: int = 0) -> np.ndarray:
+    """Clip `index` of `split` prepared for `featurizer`, or BadAudio (or the decoder's error)
+    saying why it cannot be used: empty, non-finite, or nothing left after resampling."""
+    clip, rate = split.read(index)
+    clip = np.asarray(clip)
+    if clip.size == 0:
+        raise audio_lib.BadAudio(f"empty audio (shape {clip.shape})")
+    if not np.all(np.isfinite(clip)):
+        raise audio_lib.BadAudio("audio contains NaN or infinite samples")
+    clip = prepare_clip(featurizer, clip, rate, snr_db=snr_db, noise_seed=[seed, index])
+    if clip.shape[-1] == 0:
+        raise audio_lib.BadAudio(f"no samples left after resampling from {rate} Hz")
+    return clip
+
+
 def embed_split(featurizer: Featurizer, split: Split, *, batch_clips: int,
-                snr_db: float | None = None, seed: int = 0, desc: str = "") -> np.ndarray:
-    """[clips, dim] clip features, `batch_clips` clips per `embed_clips` call."""
-    out = []
-    progress = tqdm(total=len(split.labels), desc=desc, unit="clip", file=sys.stderr)
-    for first in range(0, len(split.labels), batch_clips):
-        batch = [prepare_clip(featurizer, *split.read(i), snr_db=snr_db, noise_seed=[seed, i])
-                 for i in range(first, min(first + batch_clips, len(split.labels)))]
-        out.append(featurizer.embed_clips(batch))
-        progress.update(len(batch))
+                snr_db: float | None = None, seed: int = 0, desc: str = "",
+                max_skipped: float = 0.1, skipped: list | None = None
+                ) -> tuple[np.ndarray, np.ndarray]:
+    """([kept clips, dim] clip features, the kept clips' indices), `batch_clips` clips per
+    `embed_clips` call.
+
+    A clip that cannot be read or used (undecodable, empty, NaN) is skipped, warned about on
+    stderr and appended to `skipped` as {"path", "reason"}, as training skips and counts bad
+    clips; more than `max_skipped` (a fraction of the split) raises TooManyBadClips.
+    """
+    skipped = [] if skipped is None else skipped
+    total = len(split.labels)
+    what = desc.removeprefix("embed ") or "split's"
+    out, kept, bad = [], [], 0
+    progress = tqdm(total=total, desc=desc, unit="clip", file=sys.stderr)
+    for first in range(0, total, batch_clips):
+        batch = []
+        for i in range(first, min(first + batch_clips, total)):
+            try:
+                batch.append(usable_clip(featurizer, split, i, snr_db=snr_db, seed=seed))
+                kept.append(i)
+            except Exception as error:  # noqa: BLE001 - any unusable clip is skipped, counted.
+                bad += 1
+                reason = f"{type(error).__name__}: {' '.join(str(error).split())[:300]}"
+                skipped.append({"path": split.describe(i), "reason": reason})
+                tqdm.write(f"warning: skipping {split.describe(i)}: {reason}", file=sys.stderr)
+                if bad > max_skipped * total:
+                    progress.close()
+                    raise TooManyBadClips(
+                        f"{bad} of the {total} {what} clips could not be used, "
+                        f"more than --max-skipped={max_skipped:g} of them; the last was "
+                        f"{split.describe(i)}: {reason}") from None
+        if batch:
+            out.append(featurizer.embed_clips(batch))
+        progress.update(min(batch_clips, total - first))
     progress.close()
-    return np.concatenate(out).astype(np.float32)
+    if not out:
+        raise TooManyBadClips(f"none of the {total} {what} clips could be used")
+    return np.concatenate(out).astype(np.float32), np.array(kept, int)
 
 
 # --- the probe --------------------------------------------------------------------------------
@@ -270,30 +321,42 @@ def train_heads(x, y, *, num_classes: int, hidden: int, weight_decays, steps: in
 def run_probe(featurizer: Featurizer, train: Split, test: Split, classes: list[str], *,
               head: str = "linear", hidden: int = 256, noise_snrs=(), val_fraction: float = 0.2,
               weight_decays=WEIGHT_DECAYS, steps: int = 1000, batch_size: int = 256,
-              lr: float = 1e-3, batch_clips: int = 16, seed: int = 0) -> dict:
-    """Featurize, fit the sweep, select on validation, score on test (and noisy test)."""
-    fit_idx, val_idx = validation_split(train.labels, val_fraction, seed)
-    if not len(val_idx):
+              lr: float = 1e-3, batch_clips: int = 16, seed: int = 0,
+              max_skipped: float = 0.1) -> dict:
+    """Featurize, fit the sweep, select on validation, score on test (and noisy test).
+
+    Clips that cannot be used are skipped (see `embed_split`); results["skipped_clips"] lists
+    them and results["num_skipped"] counts them.
+    """
+    if not len(validation_split(train.labels, val_fraction, seed)[1]):
         raise ValueError("no validation clips: the probe needs 2 or more training clips per class")
-    embed = dict(batch_clips=batch_clips, seed=seed)
-    train_x = embed_split(featurizer, train, desc="embed train", **embed)
-    test_x = embed_split(featurizer, test, desc="embed test", **embed)
+    skipped_train, skipped_test = [], []
+    embed = dict(batch_clips=batch_clips, seed=seed, max_skipped=max_skipped)
+    train_x, train_kept = embed_split(featurizer, train, desc="embed train",
+                                      skipped=skipped_train, **embed)
+    test_x, test_kept = embed_split(featurizer, test, desc="embed test", skipped=skipped_test,
+                                    **embed)
+    train_labels, test_labels = train.labels[train_kept], test.labels[test_kept]
+    fit_idx, val_idx = validation_split(train_labels, val_fraction, seed)
+    if not len(val_idx):
+        raise ValueError("no validation clips: the probe needs 2 or more usable training clips "
+                         "per class")
     mean = train_x[fit_idx].mean(0)
     std = train_x[fit_idx].std(0) + 1e-6
     standardise = lambda x: (x - mean) / std  # noqa: E731
 
     head_module, sweep = train_heads(
-        standardise(train_x[fit_idx]), train.labels[fit_idx], num_classes=len(classes),
+        standardise(train_x[fit_idx]), train_labels[fit_idx], num_classes=len(classes),
         hidden=hidden if head == "mlp" else 0, weight_decays=weight_decays, steps=steps,
         batch_size=batch_size, lr=lr, seed=seed)
     predict = jax.jit(jax.vmap(lambda p, x: head_module.apply({"params": p}, x),
                                in_axes=(0, None)))
-    val_scores = [score(logits, train.labels[val_idx])
+    val_scores = [score(logits, train_labels[val_idx])
                   for logits in np.asarray(predict(sweep, standardise(train_x[val_idx])))]
     best = int(np.argmax(val_scores))
 
-    def test_score(x):
-        return score(np.asarray(predict(sweep, standardise(x)))[best], test.labels)
+    def test_score(x, labels):
+        return score(np.asarray(predict(sweep, standardise(x)))[best], labels)
 
     multi = train.labels.ndim == 2
     results = {
@@ -303,20 +366,24 @@ def run_probe(featurizer: Featurizer, train: Split, test: Split, classes: list[s
         "metric": "mAP" if multi else "accuracy",
         "classes": classes,
         "num_train": int(len(fit_idx)), "num_val": int(len(val_idx)),
-        "num_test": int(len(test.labels)),
+        "num_test": int(len(test_labels)),
         # Chance: 1/classes (accuracy); the mean prevalence of the scored classes (mAP).
-        "chance": (float(np.mean([c.mean() for c in test.labels.T if c.any()])) if multi
+        "chance": (float(np.mean([c.mean() for c in test_labels.T if c.any()])) if multi
                    else 1.0 / len(classes)),
         "weight_decay_sweep": {str(wd): s for wd, s in zip(weight_decays, val_scores)},
         "weight_decay": float(weight_decays[best]),
         "val": val_scores[best],
-        "test": test_score(test_x),
+        "test": test_score(test_x, test_labels),
+        "num_skipped": len(skipped_train) + len(skipped_test),
+        "skipped_clips": ([{"split": "train", **c} for c in skipped_train]
+                          + [{"split": "test", **c} for c in skipped_test]),
     }
     if noise_snrs:
-        results["test_noisy"] = {
-            str(snr): test_score(embed_split(featurizer, test, snr_db=float(snr),
-                                             desc=f"embed test @ {snr} dB", **embed))
-            for snr in noise_snrs}
+        results["test_noisy"] = {}
+        for snr in noise_snrs:
+            noisy_x, kept = embed_split(featurizer, test, snr_db=float(snr),
+                                        desc=f"embed test @ {snr} dB", **embed)
+            results["test_noisy"][str(snr)] = test_score(noisy_x, test.labels[kept])
     return results
 
 
@@ -385,8 +452,17 @@ def main(argv=None) -> None:
     parser.add_argument("--test-split", default="test")
     parser.add_argument("--audio-key", default="audio")
     parser.add_argument("--label-key", default="label")
+    parser.add_argument("--max-skipped", type=float, default=0.1,
+                        help="Clips that cannot be used (undecodable, empty, NaN) are skipped, "
+                             "counted and listed in the results; more than this fraction of a "
+                             "split stops the probe (default 0.1).")
+    cli.add_debug_flag(parser)
     args = parser.parse_args(argv)
+    with cli.reported_errors(args.debug):
+        _run(parser, args)
 
+
+def _run(parser: argparse.ArgumentParser, args) -> None:
     featurizer = make_featurizer(parser, args)
     if args.data.startswith("tfds:"):
         train, test, classes = tfds_splits(args.data[5:], args.tfds_data_dir, args.train_split,
@@ -398,7 +474,8 @@ def main(argv=None) -> None:
         noise_snrs=[float(s) for s in args.noise_snr.split(",") if s.strip()],
         val_fraction=args.val_fraction,
         weight_decays=[float(w) for w in args.weight_decays.split(",")], steps=args.steps,
-        batch_size=args.batch_size, lr=args.lr, batch_clips=args.batch_clips, seed=args.seed)
+        batch_size=args.batch_size, lr=args.lr, batch_clips=args.batch_clips, seed=args.seed,
+        max_skipped=args.max_skipped)
     results.update(encoder=args.encoder, data=args.data, random_init=args.random_init)
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
     with open(args.out, "w") as f:
@@ -410,6 +487,9 @@ def main(argv=None) -> None:
           f"{describe(args)}, {args.head} head)")
     for snr, value in results.get("test_noisy", {}).items():
         print(f"{metric}: test @ {snr} dB SNR {value:.4f}")
+    if results["num_skipped"]:
+        print(f"skipped {results['num_skipped']} clips that could not be used (listed in "
+              f"{args.out} under skipped_clips)")
     print(f"wrote {args.out}")
 
 

@@ -27,7 +27,7 @@ import numpy as np
 import optax
 from etils import epath
 
-from wavjepa_jax import checkpoint, configuration, distributed, sharding
+from wavjepa_jax import checkpoint, cli, configuration, distributed, sharding
 from wavjepa_jax.metrics import MetricWriter, Progress
 from wavjepa_jax.model import WavJEPA
 from wavjepa_jax.train_state import (TrainState, create_train_state, ema_update,
@@ -46,7 +46,7 @@ def count_params(tree) -> int:
 
 
 def param_summary(params) -> dict:
-    """Parameter counts per component, split the way SPEC.md reports the release."""
+    """Parameter counts per component, split the way docs/method.md reports the release."""
     predictor = params["predictor"]
     counts = {
         "frontend": count_params(params["frontend"]["conv"]),
@@ -111,6 +111,7 @@ def build(config: ml_collections.ConfigDict, mesh) -> Training:
 def run(config: ml_collections.ConfigDict, workdir: str, dry_run: bool = False) -> dict:
     """Train (or, with dry_run, compile and summarise) under `config`, writing into `workdir`."""
     configuration.validate(config)
+    configuration.check_process_split(config, jax.process_count())
     distributed.check_same_config(config)
     if "://" not in workdir:
         workdir = os.path.abspath(workdir)  # Orbax needs absolute paths; buckets already are.
@@ -167,7 +168,7 @@ def _train_loop(config, workdir, mesh, model, optimizer, shardings, abstract_sta
     from wavjepa_jax import data  # Imported here so --dry_run needs no data dependencies.
 
     if is_chief:
-        checkpoint.write_config(workdir, config)
+        checkpoint.set_aside_stale_metrics(workdir)
     data_iter = data.make_train_iterator(config, process_index=jax.process_index(),
                                          process_count=jax.process_count())
     log.info("process %d of %d reads its own %d crops of each %d-crop batch", jax.process_index(),
@@ -183,6 +184,12 @@ def _train_loop(config, workdir, mesh, model, optimizer, shardings, abstract_sta
         else:
             log.info("resumed from step %d", int(state.step))
         first_step = int(state.step)
+        if first_step > config.total_steps:
+            raise TrainingError(
+                f"total_steps={config.total_steps} is below step {first_step} of the checkpoint "
+                f"in {checkpoints.directory}: nothing to train; raise --config.total_steps")
+        if is_chief:  # Once the checkpoints are known to fit: a refused resume changes nothing.
+            checkpoint.write_config(workdir, config)
         progress = Progress(config.total_steps, first_step)
         audio_seconds = config.batch_size * config.data.crop_samples / config.data.sample_rate
         skipped_files, last_log_time, last_log_step = 0, time.time(), first_step
@@ -252,8 +259,42 @@ def main(argv) -> None:
         absl_logging.set_verbosity(absl_logging.WARNING)
     logging.getLogger("wavjepa_jax").setLevel(logging.INFO)
     FLAGS = flags.FLAGS
-    distributed.initialize(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id)
-    run(FLAGS.config, FLAGS.workdir, dry_run=FLAGS.dry_run)
+    # One process: skip interpreter shutdown after the error line (see cli.fail). Several: a
+    # normal exit, so jax.distributed's shutdown tells the other processes.
+    with cli.reported_errors(FLAGS.debug, hard_exit=lambda: jax.process_count() == 1):
+        distributed.initialize(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id)
+        run(FLAGS.config, FLAGS.workdir, dry_run=FLAGS.dry_run)
+
+
+def parse_flags(argv: list[str]) -> list[str]:
+    """absl's flag parsing, with a bad flag, an unknown --config.* key or a config file that
+    does not load reported as one `error:` line (the traceback with --debug)."""
+    from absl import flags
+    try:
+        rest = flags.FLAGS(argv)
+        flags.FLAGS.config.keys()  # A config file that fails to load fails here.
+        return rest
+    except Exception as error:  # noqa: BLE001
+        if "--debug" in argv:
+            raise
+        cli.fail(_flag_error(error, argv))
+
+
+def _flag_error(error: Exception, argv: list[str]) -> str:
+    text = " ".join(str(error).split())
+    if isinstance(error, (AttributeError, KeyError)):  # ml_collections: an unknown key.
+        key = text.strip("\"'")
+        given = [a.split("=")[0] for a in argv if a.startswith("--config.")
+                 and key in a.split("=")[0].split(".")]
+        return (f"{given[0] if given else '--config.' + key}: the config has no field {key!r} "
+                "(see the config file and wavjepa_jax/configuration.py for the fields)")
+    if "Failed loading config file" in text or "No such file" in text:
+        path = next((a.split("=", 1)[1] if "=" in a else argv[i + 1]
+                     for i, a in enumerate(argv) if a.split("=")[0] == "--config"
+                     and ("=" in a or i + 1 < len(argv))), "?")
+        reason = text.rsplit("]", 1)[-1].strip() if "Errno" in text else text[:300]
+        return f"--config {path}: cannot load the config file ({reason})"
+    return text[:500]
 
 
 def define_flags() -> None:
@@ -264,6 +305,7 @@ def define_flags() -> None:
         lock_config=True)
     flags.DEFINE_string("workdir", None, "Directory for metrics, TensorBoard and checkpoints.")
     flags.DEFINE_bool("dry_run", False, "Compile the step, write DIR/summary.json, exit.")
+    flags.DEFINE_bool("debug", False, cli.DEBUG_HELP)
     distributed.define_flags()
     flags.mark_flags_as_required(["config", "workdir"])
 
@@ -271,5 +313,5 @@ def define_flags() -> None:
 if __name__ == "__main__":
     from absl import app
     define_flags()
-    app.run(main)
+    app.run(main, flags_parser=parse_flags)
     sys.exit(0)

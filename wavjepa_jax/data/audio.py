@@ -84,7 +84,11 @@ def check_audio(audio: np.ndarray) -> np.ndarray:
 def rms(audio: np.ndarray) -> float:
     """Root mean square over all channels and samples (a BLAS dot: no temporary array)."""
     flat = np.ascontiguousarray(audio, dtype=np.float32).ravel()
-    return float(np.sqrt(np.dot(flat, flat) / max(flat.size, 1)))
+    with np.errstate(over="ignore"):
+        square = np.dot(flat, flat)
+    if not np.isfinite(square):  # float32 overflow (samples above ~1e17): redo in float64, so a
+        square = np.dot(flat.astype(np.float64), flat.astype(np.float64))  # loud clip stays loud.
+    return float(np.sqrt(square / max(flat.size, 1)))
 
 
 def to_mono(audio: np.ndarray) -> np.ndarray:

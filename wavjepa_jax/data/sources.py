@@ -70,7 +70,11 @@ class ArrayRecordSource:
     def __init__(self, directory: str):
         self.directory = directory
         self.shards = list_shards(directory)
-        self.records = grain.sources.ArrayRecordDataSource(self.shards)
+        try:
+            self.records = grain.sources.ArrayRecordDataSource(self.shards)
+        except Exception as error:  # The reader names no file: find the shard that fails.
+            raise ValueError(
+                f"data.path={directory!r}: {_bad_shard(self.shards, error)}") from error
 
     def __len__(self) -> int:
         return len(self.records)
@@ -81,6 +85,18 @@ class ArrayRecordSource:
 
     def describe(self, index):
         return f"record {index} of the shards in {self.directory}"
+
+
+def _bad_shard(shards: list[str], error: Exception) -> str:
+    """Which shard the ArrayRecord reader could not open (it names none), and why."""
+    for shard in shards:
+        try:
+            grain.sources.ArrayRecordDataSource([shard])
+        except Exception as e:  # noqa: BLE001 - whatever the reader raises for this file.
+            return (f"shard {shard} is not a readable ArrayRecord file "
+                    f"({type(e).__name__}: {' '.join(str(e).split())[:200]}); remove it or "
+                    "write the shards again with python -m wavjepa_jax.data.prepare")
+    return f"the shards cannot be opened ({type(error).__name__}: {error})"
 
 
 def list_audio_files(folder: str) -> list[str]:
