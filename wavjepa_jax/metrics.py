@@ -30,12 +30,17 @@ class MetricWriter:
         self.workdir = epath.Path(workdir)
         self._jsonl = None
         self._tb = None
+        if enabled:
+            # Imported now, not at the first write: in a multi-process run only process 0 writes,
+            # and a slow import inside the loop would put it seconds behind the others at the
+            # next collective (Gloo gives up after 30 s).
+            from tensorboardX import SummaryWriter  # Event files without TensorFlow.
+            self._summary_writer = SummaryWriter
 
     def _open(self) -> None:
         self.workdir.mkdir(parents=True, exist_ok=True)
         self._jsonl = (self.workdir / "metrics.jsonl").open("a")
-        from tensorboardX import SummaryWriter  # Event files without TensorFlow.
-        self._tb = SummaryWriter(str(self.workdir / "tb"))
+        self._tb = self._summary_writer(str(self.workdir / "tb"))
 
     def write(self, step: int, metrics: dict) -> None:
         if not self.enabled:
