@@ -156,3 +156,64 @@ def test_an_ema_front_end_gives_the_targets_their_own_tokens(setup):
         model, params, target, audio, masks, target_frontend_params=f, **kwargs).loss)(
         ema_frontend)
     assert all(float(jnp.abs(g).max()) == 0.0 for g in jax.tree.leaves(grad))
+
+
+def test_clip_contrastive_prefers_crops_that_match_their_clip():
+    key = jax.random.PRNGKey(3)
+    clips = jax.random.normal(key, (8, 16))
+    matched = jnp.repeat(clips, 2, axis=0) + 0.01 * jax.random.normal(key, (16, 16))
+    shuffled = matched[jax.random.permutation(jax.random.PRNGKey(4), 16)]
+    good = objective.clip_contrastive(matched, 2, 0.1)
+    bad = objective.clip_contrastive(shuffled, 2, 0.1)
+    assert float(good) < 0.05 < float(bad)
+    # Two crops, 15 candidates each: InfoNCE with no information is log(15).
+    same = objective.clip_contrastive(jnp.ones((16, 16)), 2, 0.1)
+    assert float(same) == pytest.approx(np.log(15), rel=1e-5)
+
+
+def test_clip_vicreg_is_invariance_plus_variance_and_covariance():
+    key = jax.random.PRNGKey(5)
+    clips = 2.0 * jax.random.normal(key, (64, 4))
+    identical = jnp.repeat(clips, 2, axis=0)
+    variance, covariance = objective.variance_covariance(identical[:, None],
+                                                         jnp.ones((128, 1), bool))
+    assert float(objective.clip_vicreg(identical, 2)) == pytest.approx(
+        float(variance + covariance), rel=1e-5)
+    apart = identical.at[::2].add(1.0)  # First crop of every clip moved by 1 in each channel.
+    v2, c2 = objective.variance_covariance(apart[:, None], jnp.ones((128, 1), bool))
+    # Each crop is 0.5 from its clip's mean in each of 4 channels: 4 * 0.25 / 4 channels.
+    assert float(objective.clip_vicreg(apart, 2)) == pytest.approx(
+        0.25 + float(v2 + c2), rel=1e-5)
+
+
+def test_clip_term_adds_to_the_loss_on_pooled_context_outputs(setup):
+    model, config, params, target, masks, audio = setup
+    kwargs = dict(top_k=2, target_norm="example", crops_per_clip=2)
+    plain = objective.wavjepa_loss(model, params, target, audio, masks, **kwargs)
+    with_clip = objective.wavjepa_loss(model, params, target, audio, masks, clip_weight=0.5,
+                                       **kwargs)
+    embeddings = objective.pooled(with_clip.context_features, masks.context_valid)
+    expected = objective.clip_contrastive(embeddings, 2, 0.1)
+    assert float(with_clip.clip_loss) == pytest.approx(float(expected), rel=1e-5)
+    assert float(with_clip.loss) == pytest.approx(
+        float(plain.loss) + 0.5 * float(expected), rel=1e-5)
+
+
+def test_noisy_context_audio_keeps_the_targets_clean(setup):
+    model, config, params, target, masks, audio = setup
+    kwargs = dict(top_k=2, target_norm="example")
+    clean = objective.wavjepa_loss(model, params, target, audio, masks, **kwargs)
+    noisy_audio = audio + jax.random.normal(jax.random.PRNGKey(9), audio.shape)
+    noisy = objective.wavjepa_loss(model, params, target, audio, masks,
+                                   context_audio=noisy_audio, **kwargs)
+    np.testing.assert_allclose(noisy.targets, clean.targets, atol=1e-6)
+    assert float(jnp.abs(noisy.context_features - clean.context_features).max()) > 1e-2
+    # The clean branch is a target: the front end learns through the noisy context only, exactly
+    # as when the clean tokens come from a stop-gradient copy of the front end.
+    loss = lambda p, copy: objective.wavjepa_loss(  # noqa: E731
+        model, p, target, audio, masks, context_audio=noisy_audio,
+        target_frontend_params=jax.lax.stop_gradient(p["frontend"]) if copy else None,
+        **kwargs).loss
+    grads, via_copy = jax.grad(loss)(params, False), jax.grad(loss)(params, True)
+    for a, b in zip(jax.tree.leaves(grads["frontend"]), jax.tree.leaves(via_copy["frontend"])):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-8)

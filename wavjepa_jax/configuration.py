@@ -150,7 +150,17 @@ def default_config() -> ml_collections.ConfigDict:
 
     # Anti-collapse terms on the context encoder's frame outputs (0: off, the release). VICReg's
     # variance hinge (per-channel std across the batch's frames >= 1) and covariance penalty.
-    config.loss = ml_collections.ConfigDict(dict(variance_weight=0.0, covariance_weight=0.0))
+    # A clip-level term on the mean-pooled context outputs of the crops of each clip (0: off):
+    # "contrastive" (InfoNCE, crops of a clip are positives) or "vicreg". Needs crops_per_clip >= 2.
+    config.loss = ml_collections.ConfigDict(dict(
+        variance_weight=0.0, covariance_weight=0.0,
+        clip_weight=0.0, clip_objective="contrastive", clip_temperature=0.1))
+
+    # Noise on the context branch's input only (prob 0: off, the release); targets stay clean.
+    # Gaussian noise with power ~ 1/f^colour, colour uniform in [0, max_colour], at an SNR drawn
+    # uniformly in [snr_db_low, snr_db_high] dB against each crop (wavjepa_jax/augment.py).
+    config.augment = ml_collections.ConfigDict(dict(
+        prob=0.0, snr_db_low=-5.0, snr_db_high=20.0, max_colour=2.0))
 
     config.checkpoint = ml_collections.ConfigDict(dict(
         every=5_000, keep=3, async_save=True,
@@ -162,7 +172,7 @@ def default_config() -> ml_collections.ConfigDict:
 
 def validate(config: ml_collections.ConfigDict) -> None:
     """Raise ValueError, naming the field, for configurations that cannot work."""
-    from wavjepa_jax import frontend, masking  # Local import: configs load without jax.
+    from wavjepa_jax import augment, frontend, masking  # Local: configs load without jax.
 
     num_frames = frontend.num_frames(config.data.crop_samples, config.model.conv_layers)
     if num_frames < 1:
@@ -190,9 +200,20 @@ def validate(config: ml_collections.ConfigDict) -> None:
         section, name = field.split(".")
         if not 0.0 <= config[section][name] <= 1.0:
             raise ValueError(f"{field}={config[section][name]} must be in [0, 1]")
-    for name in ("variance_weight", "covariance_weight"):
+    for name in ("variance_weight", "covariance_weight", "clip_weight"):
         if config.loss[name] < 0:
             raise ValueError(f"loss.{name}={config.loss[name]} must be >= 0")
+    if config.loss.clip_weight:
+        if config.loss.clip_objective not in ("contrastive", "vicreg"):
+            raise ValueError(f"loss.clip_objective={config.loss.clip_objective!r} must be "
+                             "'contrastive' or 'vicreg'")
+        if config.data.crops_per_clip < 2:
+            raise ValueError(f"loss.clip_weight={config.loss.clip_weight} compares the crops of "
+                             f"a clip, but data.crops_per_clip={config.data.crops_per_clip}: "
+                             "use 2 or more")
+        if config.loss.clip_temperature <= 0:
+            raise ValueError(f"loss.clip_temperature={config.loss.clip_temperature} must be > 0")
+    augment.validate_noise_config(config.augment)
     if model.conv_norm not in ("group", "layer"):
         raise ValueError(f"model.conv_norm={model.conv_norm!r} must be 'group' or 'layer'")
     if model.dtype not in ("float32", "bfloat16"):

@@ -13,6 +13,11 @@ Options beyond the release (each off by default, see README "Does it learn?"):
   target_frontend_params  the target branch computes its own tokens with an EMA front end
   centering="batch"       targets minus their batch mean at each frame and channel
   variance / covariance   VICReg terms on the context encoder's frame outputs
+  clip_weight             a clip-level term on the pooled context outputs of the crops that
+                          share a clip ("contrastive": crops of one clip are each other's
+                          positives, the batch's other crops the negatives; "vicreg":
+                          invariance + variance + covariance across clips)
+  context_audio           the context branch reads other (e.g. noisy) audio than the targets
 """
 
 from __future__ import annotations
@@ -93,11 +98,57 @@ def gather_frames(x: jax.Array, idx: jax.Array) -> jax.Array:
     return jnp.take_along_axis(x, idx.reshape(idx.shape + (1,) * (x.ndim - 2)), axis=1)
 
 
+def pooled(features: jax.Array, valid: jax.Array) -> jax.Array:
+    """Mean over the valid frames: [batch, n, channels], [batch, n] -> [batch, channels]."""
+    weight = valid[..., None].astype(jnp.float32)
+    return jnp.sum(features.astype(jnp.float32) * weight, 1) / jnp.maximum(jnp.sum(weight, 1), 1.0)
+
+
+def same_clip(batch: int, crops_per_clip: int) -> jax.Array:
+    """[batch, batch] bool: rows i, j are crops of one clip (a clip's crops are adjacent)."""
+    clip = jnp.arange(batch) // crops_per_clip
+    return clip[:, None] == clip[None, :]
+
+
+def clip_contrastive(embeddings: jax.Array, crops_per_clip: int, temperature: float) -> jax.Array:
+    """Multi-positive InfoNCE over the batch: each crop picks out its clip's other crops among all
+    the other crops, by cosine similarity / temperature. embeddings [batch, channels]."""
+    batch = embeddings.shape[0]
+    unit = embeddings * jax.lax.rsqrt(jnp.sum(jnp.square(embeddings), -1, keepdims=True) + 1e-8)
+    logits = unit @ unit.T / temperature
+    self_pair = jnp.eye(batch, dtype=bool)
+    logits = jnp.where(self_pair, -jnp.inf, logits)
+    positive = same_clip(batch, crops_per_clip) & ~self_pair
+    log_prob = logits - jax.nn.logsumexp(logits, axis=-1, keepdims=True)
+    per_crop = jnp.sum(jnp.where(positive, log_prob, 0.0), -1) / (crops_per_clip - 1)
+    return -jnp.mean(per_crop)
+
+
+def clip_vicreg(embeddings: jax.Array, crops_per_clip: int) -> jax.Array:
+    """Invariance (squared distance of each crop to its clip's mean, summed over channels and
+    averaged) + VICReg's variance hinge and covariance penalty across the batch's crops."""
+    batch, width = embeddings.shape
+    by_clip = embeddings.reshape(batch // crops_per_clip, crops_per_clip, width)
+    invariance = jnp.mean(jnp.sum(jnp.square(by_clip - jnp.mean(by_clip, 1, keepdims=True)), -1))
+    variance, covariance = variance_covariance(embeddings[:, None], jnp.ones((batch, 1), bool))
+    return invariance / width + variance + covariance
+
+
+def clip_loss(context: jax.Array, valid: jax.Array, crops_per_clip: int, kind: str,
+              temperature: float) -> jax.Array:
+    """The clip-level term on the mean-pooled context outputs of every crop."""
+    embeddings = pooled(context, valid)
+    if kind == "contrastive":
+        return clip_contrastive(embeddings, crops_per_clip, temperature)
+    return clip_vicreg(embeddings, crops_per_clip)
+
+
 class LossOutputs(NamedTuple):
     loss: jax.Array              # What is differentiated: prediction + weighted regularisers
     prediction_loss: jax.Array
     variance_loss: jax.Array
     covariance_loss: jax.Array
+    clip_loss: jax.Array
     context_features: jax.Array  # [batch, context, width], after the encoder's final norm
     targets: jax.Array           # [batch, frames, width]
 
@@ -127,20 +178,29 @@ def predict_groups(model: WavJEPA, predictor_params, context, masks: Masks):
 def wavjepa_loss(model: WavJEPA, params, target_params, audio, masks: Masks, *,
                  top_k: int, target_norm: str, target_frontend_params=None,
                  target_centering: str = "none", variance_weight: float = 0.0,
-                 covariance_weight: float = 0.0) -> LossOutputs:
+                 covariance_weight: float = 0.0, clip_weight: float = 0.0,
+                 clip_objective: str = "contrastive", clip_temperature: float = 0.1,
+                 crops_per_clip: int = 1, context_audio=None) -> LossOutputs:
     """The training loss for a batch of crops `audio` [batch, samples] and their masks.
 
     target_frontend_params: None (the release) feeds the target encoder the online front end's
     tokens; an EMA front end's params give the target branch tokens of its own.
+    context_audio: what the context branch reads (default `audio`); the targets always come from
+    `audio`, through the online front end under stop_gradient or the EMA front end.
     """
-    tokens = model.frontend.apply({"params": params["frontend"]}, audio)
+    tokens = model.frontend.apply({"params": params["frontend"]},
+                                  audio if context_audio is None else context_audio)
     context_tokens = gather_frames(tokens, masks.context_idx)
     context = model.encoder.apply({"params": params["encoder"]}, context_tokens,
                                   masks.context_valid)
     predictions = predict_groups(model, params["predictor"], context, masks)
 
-    target_tokens = tokens if target_frontend_params is None else model.frontend.apply(
-        {"params": target_frontend_params}, audio)
+    if target_frontend_params is not None:
+        target_tokens = model.frontend.apply({"params": target_frontend_params}, audio)
+    elif context_audio is not None:
+        target_tokens = model.frontend.apply({"params": params["frontend"]}, audio)
+    else:
+        target_tokens = tokens
     targets = target_features(model, target_params, target_tokens, top_k, target_norm,
                               target_centering)
     batch, groups, per_group = masks.target_idx.shape
@@ -149,6 +209,10 @@ def wavjepa_loss(model: WavJEPA, params, target_params, audio, masks: Masks, *,
     predicted = prediction_loss(predictions, group_targets, masks.target_valid)
     variance, covariance = (variance_covariance(context, masks.context_valid)
                             if variance_weight or covariance_weight else (0.0, 0.0))
-    loss = predicted + variance_weight * variance + covariance_weight * covariance
+    clip = (clip_loss(context, masks.context_valid, crops_per_clip, clip_objective,
+                      clip_temperature) if clip_weight else 0.0)
+    loss = (predicted + variance_weight * variance + covariance_weight * covariance
+            + clip_weight * clip)
     return LossOutputs(loss, predicted, jnp.asarray(variance, jnp.float32),
-                       jnp.asarray(covariance, jnp.float32), context, targets)
+                       jnp.asarray(covariance, jnp.float32), jnp.asarray(clip, jnp.float32),
+                       context, targets)

@@ -15,7 +15,7 @@ import jax.numpy as jnp
 import ml_collections
 import optax
 
-from wavjepa_jax import frontend, masking, objective, sharding
+from wavjepa_jax import augment, frontend, masking, objective, sharding
 from wavjepa_jax.model import WavJEPA
 from wavjepa_jax.train_state import (TrainState, ema_decay_schedule, ema_update,
                                      learning_rate_schedule)
@@ -64,7 +64,10 @@ def make_train_step(model: WavJEPA, config: ml_collections.ConfigDict,
         objective.wavjepa_loss, model, top_k=config.model.top_k_layers,
         target_norm=config.model.target_norm, target_centering=config.model.target_centering,
         variance_weight=config.loss.variance_weight,
-        covariance_weight=config.loss.covariance_weight)
+        covariance_weight=config.loss.covariance_weight, clip_weight=config.loss.clip_weight,
+        clip_objective=config.loss.clip_objective, clip_temperature=config.loss.clip_temperature,
+        crops_per_clip=config.data.crops_per_clip)
+    noisy_context = config.augment.prob > 0
 
     def logged_only(step_done, compute):
         """compute() on the steps the loop logs (an SVD is not free on a pod); zeros otherwise."""
@@ -78,9 +81,13 @@ def make_train_step(model: WavJEPA, config: ml_collections.ConfigDict,
         masks = jax.tree.map(
             lambda m: nn.with_logical_constraint(m, ("batch",) + (None,) * (m.ndim - 1)), masks)
 
+        context_audio = (augment.context_noise(jax.random.fold_in(step_key, 1), audio,
+                                               config.augment) if noisy_context else None)
+
         def loss_of(params):
             outputs = loss_fn(params, state.target_params, audio, masks,
-                              target_frontend_params=state.target_frontend or None)
+                              target_frontend_params=state.target_frontend or None,
+                              context_audio=context_audio)
             return outputs.loss, outputs
 
         (loss, outputs), grads = jax.value_and_grad(loss_of, has_aux=True)(state.params)
@@ -113,6 +120,7 @@ def make_train_step(model: WavJEPA, config: ml_collections.ConfigDict,
         metrics = {
             "loss": loss, "prediction_loss": outputs.prediction_loss,
             "variance_loss": outputs.variance_loss, "covariance_loss": outputs.covariance_loss,
+            "clip_loss": outputs.clip_loss,
             "grad_norm": grad_norm, "ema_decay": decay, "finite": finite,
             "learning_rate": learning_rate(count),
             "bad_steps": new_state.bad_steps, "skipped_steps": new_state.skipped_steps,

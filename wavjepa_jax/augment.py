@@ -1,0 +1,66 @@
+"""On-device noise for the context branch: the encoder learns to predict clean targets from noisy
+input (denoising masked prediction), so its features hold up when the input is noisy.
+
+    noisy = standardise(audio + g * noise),   g set so that the crop-to-noise ratio is the drawn SNR
+
+`noise` is Gaussian noise with a random spectral slope: power ~ 1 / f^colour, colour drawn per crop
+uniformly in [0, max_colour] (0 white, 1 pink, 2 brown). A share `prob` of the crops gets noise; the
+SNR is drawn uniformly in [snr_db_low, snr_db_high]. Everything is drawn from the step's key, so
+the step stays a pure function of (state, audio) and a resumed run draws the same noise.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+
+STANDARDISE_EPS = 1e-8
+
+
+def coloured_noise(key: jax.Array, shape: tuple[int, int], colour: jax.Array) -> jax.Array:
+    """[batch, samples] Gaussian noise of unit power whose power spectrum falls as 1 / f^colour.
+
+    colour: [batch] spectral exponents. The DC bin is dropped (noise has zero mean).
+    """
+    batch, samples = shape
+    white = jax.random.normal(key, shape, jnp.float32)
+    spectrum = jnp.fft.rfft(white, axis=-1)
+    bins = jnp.arange(spectrum.shape[-1], dtype=jnp.float32)
+    gain = jnp.where(bins > 0, jnp.maximum(bins, 1.0) ** (-colour[:, None] / 2.0), 0.0)
+    noise = jnp.fft.irfft(spectrum * gain, n=samples, axis=-1)
+    return noise * jax.lax.rsqrt(jnp.mean(jnp.square(noise), -1, keepdims=True) + STANDARDISE_EPS)
+
+
+def add_noise(key: jax.Array, audio: jax.Array, snr_db: jax.Array, colour: jax.Array) -> jax.Array:
+    """audio [batch, samples] plus coloured noise at snr_db [batch] (dB, against each crop's own
+    power), re-standardised to zero mean and unit power as the pipeline delivers crops."""
+    noise = coloured_noise(key, audio.shape, colour)
+    power = jnp.mean(jnp.square(audio), -1, keepdims=True)
+    noisy = audio + noise * jnp.sqrt(power * 10.0 ** (-snr_db[:, None] / 10.0))
+    centred = noisy - jnp.mean(noisy, -1, keepdims=True)
+    return centred * jax.lax.rsqrt(jnp.mean(jnp.square(centred), -1, keepdims=True)
+                                   + STANDARDISE_EPS)
+
+
+def context_noise(key: jax.Array, audio: jax.Array, config: ml_collections.ConfigDict) -> jax.Array:
+    """The context branch's input: a share `config.prob` of the crops with noise, the rest as is."""
+    k_apply, k_snr, k_colour, k_noise = jax.random.split(key, 4)
+    batch = audio.shape[0]
+    apply = jax.random.uniform(k_apply, (batch,)) < config.prob
+    snr_db = jax.random.uniform(k_snr, (batch,), minval=config.snr_db_low,
+                                maxval=config.snr_db_high)
+    colour = jax.random.uniform(k_colour, (batch,), maxval=config.max_colour)
+    noisy = add_noise(k_noise, audio.astype(jnp.float32), snr_db, colour).astype(audio.dtype)
+    return jnp.where(apply[:, None], noisy, audio)
+
+
+def validate_noise_config(config: ml_collections.ConfigDict) -> None:
+    """ValueError, naming the field, for noise settings that cannot work."""
+    if not 0.0 <= config.prob <= 1.0:
+        raise ValueError(f"augment.prob={config.prob} must be in [0, 1]")
+    if config.snr_db_low > config.snr_db_high:
+        raise ValueError(f"augment.snr_db_low={config.snr_db_low} is above "
+                         f"augment.snr_db_high={config.snr_db_high}")
+    if config.max_colour < 0:
+        raise ValueError(f"augment.max_colour={config.max_colour} must be >= 0")
