@@ -34,17 +34,19 @@ def get_config(arg=None):
                         predictor_mlp=256, top_k_layers=2)
     config.loss.variance_weight = 1.0
     config.loss.covariance_weight = 0.04
+    config.loss.clip_weight = 1.0            # InfoNCE between the 2 crops of each clip
+    config.augment.prob = 0.5                # half the context inputs noisy, -5..20 dB
 
     config.batch_size = 32
     config.data.crops_per_clip = 2
     config.data.source = "folder"
-    config.total_steps = 800
-    config.log_every = 25
+    config.total_steps = 2000
+    config.log_every = 50
     config.optim.lr = 1e-3
     config.optim.warmup_fraction = 0.1
     config.ema.start = 0.996
     config.ema.end = 0.9999
     config.ema.anneal_fraction = 1.0
-    config.checkpoint.every = 200
+    config.checkpoint.every = 500
     config.checkpoint.keep = 5
     return config

@@ -157,3 +157,21 @@ def test_initial_scales_match_the_release():
     assert np.std(fc1) == pytest.approx(0.02, rel=0.1)      # trunc_normal_(std=0.02), a=-2, b=2
     conv = params["frontend"]["conv"]["conv_1"]["kernel"]   # kaiming_normal_: sqrt(2 / fan_in)
     assert np.std(conv) == pytest.approx((2 / (3 * 32)) ** 0.5, rel=0.1)
+
+
+def test_clip_head_is_optional_and_leaves_the_other_params_as_they_were():
+    config = configuration.model_config("tiny")
+    key = jax.random.PRNGKey(0)
+    plain = nn.meta.unbox(WavJEPA.from_config(config).init(key, 16_000))
+    config.clip_projector = 32
+    model = WavJEPA.from_config(config)
+    with_head = nn.meta.unbox(model.init(key, 16_000))
+    assert set(with_head) == set(plain) | {"clip_head"}
+    for name in plain:  # The step-0 encoder (the probe's random init) does not move.
+        for a, b in zip(jax.tree.leaves(plain[name]), jax.tree.leaves(with_head[name])):
+            np.testing.assert_array_equal(a, b)
+    pooled = jnp.ones((3, config.encoder_width))
+    out = model.clip_head.apply({"params": with_head["clip_head"]}, pooled)
+    assert out.shape == (3, 32)
+    assert train.param_summary(with_head)["clip_head"] == (
+        config.encoder_width * 32 + 32 + 32 * 32 + 32)

@@ -73,6 +73,8 @@ def model_config(size: str = "base") -> ml_collections.ConfigDict:
                                     # end's tokens); "ema": the target branch has its own EMA
                                     # copy of the front end, as it has of the encoder.
         position_scale=1.0,         # Scale of the front end's sin-cos code (release: 1).
+        clip_projector=0,           # > 0: loss.clip_weight compares crops after a 2-layer MLP
+                                    # of this width (trained, never exported); 0: directly.
         dtype="float32",            # Compute dtype; params always stay float32.
         remat=False,                # Rematerialise each transformer block in the backward pass.
         scan_layers=True,           # nn.scan over blocks: compile time independent of depth.
@@ -213,6 +215,9 @@ def validate(config: ml_collections.ConfigDict) -> None:
                              "use 2 or more")
         if config.loss.clip_temperature <= 0:
             raise ValueError(f"loss.clip_temperature={config.loss.clip_temperature} must be > 0")
+    if model.get("clip_projector", 0) and not config.loss.clip_weight:
+        raise ValueError(f"model.clip_projector={model.clip_projector} is the clip-level term's "
+                         "head, but loss.clip_weight=0: set both or neither")
     augment.validate_noise_config(config.augment)
     if model.conv_norm not in ("group", "layer"):
         raise ValueError(f"model.conv_norm={model.conv_norm!r} must be 'group' or 'layer'")

@@ -18,7 +18,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
-from wavjepa_jax.frontend import FrontEnd, trunc_normal_02
+from wavjepa_jax.frontend import FrontEnd, gelu, trunc_normal_02
 from wavjepa_jax.positions import sincos_embedding
 from wavjepa_jax.transformer import TransformerStack, layer_norm
 
@@ -100,6 +100,22 @@ class Predictor(nn.Module):
         return dense(self.out_width, ("pred_embed", "embed"), "output_projection")(tokens)
 
 
+class ClipHead(nn.Module):
+    """Dense -> GELU -> Dense on pooled clip embeddings: the clip-level term compares crops after
+    it, so the invariance it asks for lands in the head and the encoder keeps what varies within
+    a clip (pitch, words). Training-only: exports hold the front end and encoder alone."""
+
+    width: int
+
+    @nn.compact
+    def __call__(self, pooled):
+        dense = lambda features, axes, name: nn.Dense(  # noqa: E731
+            features, name=name, kernel_init=nn.with_logical_partitioning(trunc_normal_02, axes),
+            bias_init=nn.with_logical_partitioning(nn.initializers.zeros, axes[1:]))
+        hidden = gelu(dense(self.width, ("embed", "mlp"), "hidden")(pooled))
+        return dense(self.width, ("mlp", "head_out"), "out")(hidden)
+
+
 def training_init_rng(seed: int) -> jax.Array:
     """The key a training run with `config.seed = seed` initialises its params from (with
     `WavJEPA.init`); `AudioEncoder.random_init` uses it too, so the probe's untrained baseline is
@@ -114,6 +130,7 @@ class WavJEPA:
     frontend: FrontEnd
     encoder: Encoder
     predictor: Predictor
+    clip_head: ClipHead | None = None
 
     @classmethod
     def from_config(cls, model: ml_collections.ConfigDict) -> "WavJEPA":
@@ -129,10 +146,12 @@ class WavJEPA:
             predictor=Predictor(model.predictor_depth, model.predictor_width,
                                 model.predictor_heads, model.predictor_mlp,
                                 out_width=model.encoder_width, **common),
+            clip_head=ClipHead(model.clip_projector) if model.get("clip_projector", 0) else None,
         )
 
     def init(self, rng: jax.Array, num_samples: int, num_context: int = 4, num_targets: int = 4):
-        """Boxed (logically partitioned) params {'frontend', 'encoder', 'predictor'}.
+        """Boxed (logically partitioned) params {'frontend', 'encoder', 'predictor'} (and
+        'clip_head' when the model has one; its key is folded in, so the others do not change).
 
         Use under jax.eval_shape to get shapes and logical axes without allocating anything.
         """
@@ -142,9 +161,13 @@ class WavJEPA:
         tokens = jnp.zeros((1, num_context, width), self.encoder.dtype)
         pos_c = jnp.zeros((1, num_context), jnp.int32)
         pos_t = jnp.zeros((1, num_targets), jnp.int32)
-        return {
+        params = {
             "frontend": self.frontend.init(k_front, audio)["params"],
             "encoder": self.encoder.init(k_enc, tokens)["params"],
             "predictor": self.predictor.init(
                 k_pred, tokens, pos_c, pos_c >= 0, pos_t, pos_t >= 0)["params"],
         }
+        if self.clip_head is not None:
+            params["clip_head"] = self.clip_head.init(
+                jax.random.fold_in(rng, 3), jnp.zeros((1, width), jnp.float32))["params"]
+        return params

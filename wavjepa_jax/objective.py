@@ -135,9 +135,12 @@ def clip_vicreg(embeddings: jax.Array, crops_per_clip: int) -> jax.Array:
 
 
 def clip_loss(context: jax.Array, valid: jax.Array, crops_per_clip: int, kind: str,
-              temperature: float) -> jax.Array:
-    """The clip-level term on the mean-pooled context outputs of every crop."""
+              temperature: float, head=None) -> jax.Array:
+    """The clip-level term on the mean-pooled context outputs of every crop, after `head`
+    (a function of the pooled embeddings) when given."""
     embeddings = pooled(context, valid)
+    if head is not None:
+        embeddings = head(embeddings)
     if kind == "contrastive":
         return clip_contrastive(embeddings, crops_per_clip, temperature)
     return clip_vicreg(embeddings, crops_per_clip)
@@ -188,31 +191,39 @@ def wavjepa_loss(model: WavJEPA, params, target_params, audio, masks: Masks, *,
     context_audio: what the context branch reads (default `audio`); the targets always come from
     `audio`, through the online front end under stop_gradient or the EMA front end.
     """
-    tokens = model.frontend.apply({"params": params["frontend"]},
-                                  audio if context_audio is None else context_audio)
-    context_tokens = gather_frames(tokens, masks.context_idx)
-    context = model.encoder.apply({"params": params["encoder"]}, context_tokens,
-                                  masks.context_valid)
-    predictions = predict_groups(model, params["predictor"], context, masks)
+    # Named scopes label the profile (benchmarks/step_throughput.py --profile) by component.
+    with jax.named_scope("frontend"):
+        tokens = model.frontend.apply({"params": params["frontend"]},
+                                      audio if context_audio is None else context_audio)
+    with jax.named_scope("context_encoder"):
+        context_tokens = gather_frames(tokens, masks.context_idx)
+        context = model.encoder.apply({"params": params["encoder"]}, context_tokens,
+                                      masks.context_valid)
+    with jax.named_scope("predictor"):
+        predictions = predict_groups(model, params["predictor"], context, masks)
 
-    if target_frontend_params is not None:
-        target_tokens = model.frontend.apply({"params": target_frontend_params}, audio)
-    elif context_audio is not None:
-        target_tokens = model.frontend.apply({"params": params["frontend"]}, audio)
-    else:
-        target_tokens = tokens
-    targets = target_features(model, target_params, target_tokens, top_k, target_norm,
-                              target_centering)
-    batch, groups, per_group = masks.target_idx.shape
-    group_targets = gather_frames(targets, masks.target_idx.reshape(batch, groups * per_group))
-    group_targets = group_targets.reshape(batch, groups, per_group, -1)
-    predicted = prediction_loss(predictions, group_targets, masks.target_valid)
-    variance, covariance = (variance_covariance(context, masks.context_valid)
-                            if variance_weight or covariance_weight else (0.0, 0.0))
-    clip = (clip_loss(context, masks.context_valid, crops_per_clip, clip_objective,
-                      clip_temperature) if clip_weight else 0.0)
-    loss = (predicted + variance_weight * variance + covariance_weight * covariance
-            + clip_weight * clip)
+    with jax.named_scope("target_encoder"):
+        if target_frontend_params is not None:
+            target_tokens = model.frontend.apply({"params": target_frontend_params}, audio)
+        elif context_audio is not None:
+            target_tokens = model.frontend.apply({"params": params["frontend"]}, audio)
+        else:
+            target_tokens = tokens
+        targets = target_features(model, target_params, target_tokens, top_k, target_norm,
+                                  target_centering)
+    with jax.named_scope("loss"):
+        batch, groups, per_group = masks.target_idx.shape
+        group_targets = gather_frames(targets, masks.target_idx.reshape(batch, groups * per_group))
+        group_targets = group_targets.reshape(batch, groups, per_group, -1)
+        predicted = prediction_loss(predictions, group_targets, masks.target_valid)
+        variance, covariance = (variance_covariance(context, masks.context_valid)
+                                if variance_weight or covariance_weight else (0.0, 0.0))
+        head = None if "clip_head" not in params else (
+            lambda x: model.clip_head.apply({"params": params["clip_head"]}, x))
+        clip = (clip_loss(context, masks.context_valid, crops_per_clip, clip_objective,
+                          clip_temperature, head) if clip_weight else 0.0)
+        loss = (predicted + variance_weight * variance + covariance_weight * covariance
+                + clip_weight * clip)
     return LossOutputs(loss, predicted, jnp.asarray(variance, jnp.float32),
                        jnp.asarray(covariance, jnp.float32), jnp.asarray(clip, jnp.float32),
                        context, targets)

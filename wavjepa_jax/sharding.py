@@ -30,6 +30,7 @@ LOGICAL_RULES = (
     ("heads", "tensor"),
     ("kv", None),
     ("layers", None),
+    ("head_out", None),
     ("conv_in", None),
     ("conv_out", "fsdp"),
     ("conv_length", None),

@@ -57,6 +57,8 @@ def param_summary(params) -> dict:
         "predictor_projections": count_params(
             {k: v for k, v in predictor.items() if k not in ("transformer", "final_norm")}),
     }
+    if "clip_head" in params:
+        counts["clip_head"] = count_params(params["clip_head"])
     counts["trainable_total"] = sum(counts.values())
     counts["target_encoder"] = counts["encoder"]
     return counts

@@ -97,12 +97,14 @@ def make_train_step(model: WavJEPA, config: ml_collections.ConfigDict,
         grad_norm = optax.tree.norm(grads)
         finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
 
-        updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
-        params = optax.apply_updates(state.params, updates)
-        decay = ema_decay(state.step)
-        target_params = ema_update_fn(state.target_params, params["encoder"], decay)
-        target_frontend = (ema_update(state.target_frontend, params["frontend"], decay)
-                           if ema_frontend else state.target_frontend)
+        with jax.named_scope("optimizer"):
+            updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
+            params = optax.apply_updates(state.params, updates)
+        with jax.named_scope("ema"):
+            decay = ema_decay(state.step)
+            target_params = ema_update_fn(state.target_params, params["encoder"], decay)
+            target_frontend = (ema_update(state.target_frontend, params["frontend"], decay)
+                               if ema_frontend else state.target_frontend)
 
         keep_if_finite = lambda new, old: jax.tree.map(  # noqa: E731
             lambda n, o: jnp.where(finite, n, o), new, old)
