@@ -1,0 +1,222 @@
+r"""Training-step throughput: the step exactly as `train.py` builds it, timed on random audio.
+
+    python benchmarks/step_throughput.py --config configs/base.py -- --config.batch_size=8
+    python benchmarks/step_throughput.py --config configs/base.py --peak-tflops 989 \
+        --profile /tmp/prof -- --config.batch_size=256 --config.model.dtype=bfloat16
+
+Prints one table: device, crops per step, compile time, step time (median of --steps timed steps
+after --warmup), audio-s/s, FLOPs per crop (XLA's count of the step with its layers unrolled, as
+`train --dry_run`), achieved TFLOP/s, MFU against the peak (--peak-tflops, or the dense bf16 peak
+of a known device), and the compiled step's memory per device. `--profile DIR` adds a
+jax.profiler trace of a few steps and a second table: device time per step by model component
+(the named scopes of the step: masking, augment, frontend, context_encoder, predictor,
+target_encoder, loss, optimizer, ema; forward vs backward) and the top kernels.
+Anything after `--` overrides the config as on the training command line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import glob
+import os
+import re
+import statistics
+import sys
+import time
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+from wavjepa_jax import configuration, sharding, train  # noqa: E402
+from wavjepa_jax.train_state import create_train_state  # noqa: E402
+
+# Dense bf16 peak TFLOP/s per chip (vendor figures, no sparsity).
+PEAK_TFLOPS = {"H100": 989.0, "H200": 989.0, "A100": 312.0, "L4": 121.0, "TPU v4": 275.0,
+               "TPU v5 lite": 197.0, "TPU v5e": 197.0, "TPU v5p": 459.0, "TPU v6": 918.0}
+COMPONENTS = ("masking", "augment", "frontend", "context_encoder", "predictor", "target_encoder",
+              "loss", "optimizer", "ema")
+
+
+def load_config(path: str, overrides: list[str]) -> ml_collections.ConfigDict:
+    from absl import flags
+    from ml_collections import config_flags
+    values = flags.FlagValues()
+    config_flags.DEFINE_config_file("config", path, flag_values=values, lock_config=True)
+    values(["step_throughput", f"--config={path}", *overrides])
+    return values.config
+
+
+def peak_tflops(device, given: float | None) -> float | None:
+    if given:
+        return given
+    kind = device.device_kind
+    return next((v for k, v in PEAK_TFLOPS.items() if k.lower() in kind.lower()), None)
+
+
+def unrolled_flops_per_crop(config, mesh) -> float | None:
+    """FLOPs per crop of the step with its layers unrolled (XLA counts a loop body once)."""
+    unrolled = ml_collections.ConfigDict(config.to_dict())
+    unrolled.model.scan_layers = False
+    built = train.build(unrolled, mesh)
+    compiled = train._compile(built.train_step, built.abstract_state, unrolled, mesh)
+    return train.compiled_summary(compiled, unrolled, built.abstract_state)["flops_per_crop"]
+
+
+def time_steps(step, state, audio, warmup: int, steps: int):
+    """Run `warmup` steps, then time `steps` steps one by one (each waited for)."""
+    for _ in range(warmup):
+        state, metrics = step(state, audio)
+        jax.block_until_ready(metrics)
+    times = []
+    for _ in range(steps):
+        start = time.perf_counter()
+        state, metrics = step(state, audio)
+        jax.block_until_ready(metrics)
+        times.append(time.perf_counter() - start)
+    return state, times
+
+
+def component_of(name: str) -> str:
+    """The outermost named scope of the step in an op name stack such as
+    `jit(step)/transpose(jvp(predictor))/...`; "other" when there is none."""
+    found = [(m.start(), component) for component in COMPONENTS
+             for m in [re.search(rf"(?<!\w){component}(?!\w)", name)] if m]
+    return min(found)[1] if found else "other"
+
+
+def hlo_op_names(compiled) -> dict[str, str]:
+    """HLO instruction name -> the JAX op name stack in its metadata (named scopes included)."""
+    pattern = re.compile(r'^\s*(?:ROOT )?%?([\w.\-]+) = .*metadata=\{[^}]*op_name="([^"]+)"')
+    names = {}
+    for line in compiled.as_text().splitlines():
+        match = pattern.match(line)
+        if match:
+            names[match.group(1)] = match.group(2)
+    return names
+
+
+def kernel_events(trace_dir: str):
+    """(HLO op, kernel name, duration in s) for each device kernel in the trace; on a host
+    without accelerators, each event of the host plane (XLA's CPU ops among them)."""
+    from jax.profiler import ProfileData
+    path = sorted(glob.glob(os.path.join(trace_dir, "**", "*.xplane.pb"), recursive=True))[-1]
+    data = ProfileData.from_file(path)
+    device_planes = [p for p in data.planes if p.name.startswith("/device:")]
+    planes = device_planes or [p for p in data.planes if p.name.startswith("/host:CPU")]
+    for plane in planes:
+        for line in plane.lines:
+            for event in line.events:
+                stats = dict(event.stats)
+                yield str(stats.get("hlo_op", event.name)), event.name, event.duration_ns * 1e-9
+
+
+def profile(step, state, audio, trace_dir: str, steps: int = 3):
+    """Trace `steps` steps; device seconds per step by (component, direction) and by kernel.
+    Only events that are ops of the step count (host-side wrappers are left out)."""
+    op_names = hlo_op_names(step)
+    state, _ = time_steps(step, state, audio, 1, 0)
+    with jax.profiler.trace(trace_dir):
+        state, _ = time_steps(step, state, audio, 0, steps)
+    by_component = collections.defaultdict(float)
+    by_kernel = collections.defaultdict(float)
+    for hlo_op, kernel, seconds in kernel_events(trace_dir):
+        stack = op_names.get(hlo_op)
+        if stack is None:
+            continue
+        direction = "backward" if "transpose(" in stack else "forward"
+        by_component[(component_of(stack), direction)] += seconds / steps
+        by_kernel[f"{kernel} ({component_of(stack)})"] += seconds / steps
+    return state, by_component, by_kernel
+
+
+def print_table(rows: list[tuple[str, str]]) -> None:
+    width = max(len(k) for k, _ in rows)
+    for key, value in rows:
+        print(f"| {key.ljust(width)} | {value} |")
+
+
+def main() -> None:
+    argv = sys.argv[1:]
+    overrides = argv[argv.index("--") + 1:] if "--" in argv else []
+    argv = argv[:argv.index("--")] if "--" in argv else argv
+    parser = argparse.ArgumentParser(
+        prog="python benchmarks/step_throughput.py", description=__doc__.split("\n\n")[0],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="\n\n".join(__doc__.split("\n\n")[1:]))
+    parser.add_argument("--config", required=True)
+    parser.add_argument("--steps", type=int, default=10, help="Timed steps.")
+    parser.add_argument("--warmup", type=int, default=2, help="Untimed steps after compiling.")
+    parser.add_argument("--peak-tflops", type=float, default=None,
+                        help="Peak TFLOP/s per device for MFU (default: known devices' bf16).")
+    parser.add_argument("--profile", default="", help="Trace a few steps into this folder.")
+    parser.add_argument("--no-flops", action="store_true",
+                        help="Skip the unrolled compile that counts FLOPs (slow for big models).")
+    args = parser.parse_args(argv)
+
+    config = load_config(args.config, overrides)
+    configuration.validate(config)
+    mesh = sharding.make_mesh(config)
+    sharding.check_batch_divisible(config, mesh)
+    built = train.build(config, mesh)
+    with jax.set_mesh(mesh), nn.logical_axis_rules(sharding.LOGICAL_RULES):
+        started = time.perf_counter()
+        compiled = train._compile(built.train_step, built.abstract_state, config, mesh)
+        compile_s = time.perf_counter() - started
+        summary = train.compiled_summary(compiled, config, built.abstract_state)
+        flops = None if args.no_flops else unrolled_flops_per_crop(config, mesh)
+        state = create_train_state(built.model, config, built.optimizer, built.shardings)
+        audio = jax.device_put(
+            np.random.default_rng(0).standard_normal(
+                (config.batch_size, config.data.crop_samples)).astype(np.float32),
+            sharding.batch_sharding(mesh))
+        state, times = time_steps(compiled, state, audio, args.warmup, args.steps)
+        if args.profile:
+            state, by_component, by_kernel = profile(compiled, state, audio, args.profile)
+
+    device = jax.devices()[0]
+    step_s = statistics.median(times)
+    crop_seconds = config.data.crop_samples / config.data.sample_rate
+    peak = peak_tflops(device, args.peak_tflops)
+    achieved = flops * config.batch_size / step_s / 1e12 if flops else None
+    rows = [
+        ("device", f"{jax.device_count()} x {device.device_kind}"),
+        ("config", f"{args.config} {' '.join(overrides)}".strip()),
+        ("crops per step", str(config.batch_size)),
+        ("compile (s)", f"{compile_s:.1f}"),
+        ("step (s), median of " + str(len(times)), f"{step_s:.4f} (min {min(times):.4f})"),
+        ("audio-s / s", f"{config.batch_size * crop_seconds / step_s:.1f}"),
+        ("GFLOPs per crop (unrolled count)", f"{flops / 1e9:.1f}" if flops else "-"),
+        ("achieved TFLOP/s (all devices)", f"{achieved:.2f}" if achieved else "-"),
+        ("MFU", f"{100 * achieved / (peak * jax.device_count()):.1f}% of {peak:g} TFLOP/s"
+         if achieved and peak else "- (no peak known: --peak-tflops)"),
+        ("compiled memory per device (GiB)",
+         f"{summary['memory_per_device_bytes'] / 2**30:.2f}"
+         if summary["memory_per_device_bytes"] else "-"),
+    ]
+    print("| quantity | value |\n|---|---|")
+    print_table(rows)
+    if args.profile:
+        total = sum(by_component.values())
+        print(f"\nDevice time per step by component ({1e3 * total:.1f} ms traced per step):\n")
+        print("| component | forward (ms) | backward (ms) | share |\n|---|---:|---:|---:|")
+        for component in COMPONENTS + ("other",):
+            fwd = by_component.get((component, "forward"), 0.0)
+            bwd = by_component.get((component, "backward"), 0.0)
+            if fwd or bwd:
+                print(f"| {component} | {1e3 * fwd:.2f} | {1e3 * bwd:.2f} | "
+                      f"{100 * (fwd + bwd) / total:.1f}% |")
+        print("\n| top kernels | ms per step | share |\n|---|---:|---:|")
+        for kernel, seconds in sorted(by_kernel.items(), key=lambda kv: -kv[1])[:15]:
+            print(f"| `{kernel[:80]}` | {1e3 * seconds:.2f} | {100 * seconds / total:.1f}% |")
+
+
+if __name__ == "__main__":
+    jnp.zeros(())  # Initialise the backend before argument errors can be mistaken for its logs.
+    main()
