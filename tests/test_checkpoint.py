@@ -213,6 +213,7 @@ def test_persistent_non_finite_steps_stop_the_run(env, reference, tmp_path):
     assert_same_state(tmp_path, reference["workdir"], step=10)
 
 
+@pytest.mark.slow
 def test_resume_on_another_mesh(env8, reference, tmp_path):
     """Saved on mesh data=8, resumed by the CLI on data=2 x fsdp=4 (8 fake CPU devices).
 

@@ -82,6 +82,7 @@ def data_paths(tmp_path_factory):
     }
 
 
+@pytest.mark.slow
 def test_training_runs_two_steps_on_every_source(data_paths, tmp_path):
     runs = [(source, data_paths[source], str(tmp_path / source)) for source in SOURCES]
     cache = os.environ.get("JAX_COMPILATION_CACHE_DIR") or str(tmp_path / "xla_cache")

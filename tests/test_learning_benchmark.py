@@ -6,6 +6,7 @@ import subprocess
 import sys
 
 import numpy as np
+import pytest
 import soundfile
 
 from wavjepa_jax.data import procedural
@@ -26,6 +27,7 @@ def write_task(root, rng):
                 soundfile.write(os.path.join(folder, f"{i}.wav"), wave, RATE)
 
 
+@pytest.mark.slow
 def test_learning_benchmark_prints_one_table(tmp_path):
     corpus = tmp_path / "corpus"
     corpus.mkdir()

@@ -44,6 +44,7 @@ def two_processes(tmp_path_factory):
     return workdir, logs
 
 
+@pytest.mark.slow
 def test_two_processes_match_one_process_with_eight_devices_and_one_device(two_processes,
                                                                          tmp_path):
     workdir, _ = two_processes
@@ -56,6 +57,7 @@ def test_two_processes_match_one_process_with_eight_devices_and_one_device(two_p
     assert np.all(np.isfinite(multi_host))
 
 
+@pytest.mark.slow
 def test_each_process_reads_only_its_share_and_only_process_zero_writes_metrics(two_processes):
     workdir, logs = two_processes
     for i in range(2):

@@ -65,7 +65,8 @@ def test_one_compile_serves_every_step_whatever_the_masks(single_device_run):
     assert training.train_step._cache_size() == 1
 
 
-@pytest.mark.parametrize("mesh", [dict(data=8), dict(data=2, fsdp=4),
+@pytest.mark.parametrize("mesh", [pytest.param(dict(data=8), marks=pytest.mark.slow),
+                                  pytest.param(dict(data=2, fsdp=4), marks=pytest.mark.slow),
                                   dict(data=2, fsdp=2, tensor=2)], ids=str)
 def test_meshes_give_the_same_losses_as_one_device(mesh, batches, single_device_run):
     assert len(jax.devices()) == 8
@@ -214,6 +215,7 @@ def test_cli_tiny_run_writes_metrics_and_the_loss_falls(tmp_path):
     assert "step 40/40" in result.stdout
 
 
+@pytest.mark.slow
 def test_dry_run_reports_base_parameters_and_half_the_release_flops(tmp_path):
     result = cli("--config", "configs/base.py", "--workdir", str(tmp_path), "--dry_run",
                  "--config.batch_size=8")
@@ -226,6 +228,7 @@ def test_dry_run_reports_base_parameters_and_half_the_release_flops(tmp_path):
     assert per_crop >= 0.3 * RELEASE_GFLOPS_PER_CROP * 1e9   # Sanity: the count is complete.
 
 
+@pytest.mark.slow
 def test_shard_map_ema_update_equals_the_jit_version(batches):
     mesh = dict(data=2, fsdp=2, tensor=2)
     plain_losses, plain = run_steps(tiny_config(**mesh), jax.devices(), batches[:3])
@@ -238,6 +241,7 @@ def test_shard_map_ema_update_equals_the_jit_version(batches):
         assert a.sharding.is_equivalent_to(b.sharding, a.ndim)
 
 
+@pytest.mark.slow
 def test_ema_front_end_is_updated_like_the_target_encoder(batches):
     config = tiny_config()
     config.model.target_frontend = "ema"
