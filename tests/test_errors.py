@@ -218,6 +218,7 @@ def run_dir():
     return trained_run()
 
 
+@pytest.mark.slow
 def test_export_refuses_an_out_that_holds_a_training_run(run_dir, tmp_path, capsys):
     run = tmp_path / "run"
     shutil.copytree(run_dir, run)
@@ -241,6 +242,7 @@ def test_export_of_a_missing_workdir_creates_nothing(tmp_path, capsys):
     assert os.listdir(tmp_path) == []
 
 
+@pytest.mark.slow
 def test_export_of_a_step_not_saved_lists_the_saved_steps(run_dir, tmp_path, capsys):
     with pytest.raises(SystemExit) as exit_info:
         export.main(["--workdir", run_dir, "--out", str(tmp_path / "out"), "--step", "7"])
@@ -415,6 +417,7 @@ def run_copy(run_dir, tmp_path):
     return copy
 
 
+@pytest.mark.slow
 def test_resume_with_another_model_is_one_line_and_changes_nothing(run_copy):
     before = snapshot(run_copy)
     result = train_cli(*RUN_FLAGS, "--workdir", str(run_copy), "--config.total_steps=4",
@@ -429,6 +432,7 @@ def test_resume_with_another_model_is_one_line_and_changes_nothing(run_copy):
     assert snapshot(run_copy) == before
 
 
+@pytest.mark.slow
 def test_total_steps_below_the_checkpoint_is_an_error(run_copy):
     before = snapshot(run_copy)
     result = train_cli(*RUN_FLAGS, "--workdir", str(run_copy), "--config.total_steps=1")
@@ -439,6 +443,7 @@ def test_total_steps_below_the_checkpoint_is_an_error(run_copy):
     assert snapshot(run_copy) == before
 
 
+@pytest.mark.slow
 def test_fresh_run_over_old_metrics_moves_them_aside(run_copy):
     old_rows = (run_copy / "metrics.jsonl").read_text()
     shutil.rmtree(run_copy / "checkpoints")
