@@ -21,7 +21,6 @@ Probes are cached: a rerun only computes what is missing, so the table can be bu
 
 from __future__ import annotations
 
-import argparse
 import datetime
 import json
 import math
@@ -30,6 +29,8 @@ import platform
 import subprocess
 import sys
 import time
+
+import cli_args
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -44,16 +45,6 @@ def run(command: list[str], log_path: str) -> None:
         with open(log_path) as log:
             tail = log.read()[-3000:]
         sys.exit(f"{command[2]} failed (exit {result.returncode}); end of {log_path}:\n{tail}")
-
-
-def resolved_config(config: str, overrides: list[str]) -> dict:
-    """The training config with the command-line overrides, as the training CLI will see it."""
-    from absl import flags
-    from ml_collections import config_flags
-    values = flags.FlagValues()
-    config_flags.DEFINE_config_file("config", config, flag_values=values, lock_config=True)
-    values(["learning.py", f"--config={config}", *overrides])
-    return values.config.to_dict()
 
 
 def probe_steps(total_steps: int, fractions: list[float]) -> dict[float, int]:
@@ -133,13 +124,8 @@ def monitors(workdir: str, steps: list[int]) -> list[str]:
 
 
 def main() -> None:
-    argv = sys.argv[1:]
-    overrides = argv[argv.index("--") + 1:] if "--" in argv else []
-    argv = argv[:argv.index("--")] if "--" in argv else argv
-    parser = argparse.ArgumentParser(
-        prog="python benchmarks/learning.py", description=__doc__.split("\n\n")[0],
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-        epilog="\n\n".join(__doc__.split("\n\n")[1:]))
+    parser, argv, overrides = cli_args.parser_and_overrides(
+        __doc__, "python benchmarks/learning.py", sys.argv[1:])
     parser.add_argument("--config", required=True, help="Training config file.")
     parser.add_argument("--corpus", required=True, help="Folder of unlabelled audio.")
     parser.add_argument("--tasks", required=True, help="Folder of probe task folders.")
@@ -157,7 +143,7 @@ def main() -> None:
     os.makedirs(os.path.join(args.workdir, "probes"), exist_ok=True)
     log_path = os.path.join(args.workdir, "learning.log")
 
-    config = resolved_config(args.config, overrides)
+    config = cli_args.load_config(args.config, overrides).to_dict()
     total = config["total_steps"]
     steps = probe_steps(total, [float(f) for f in args.fractions.split(",")])
     train_seconds = None

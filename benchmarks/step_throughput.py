@@ -16,7 +16,6 @@ Anything after `--` overrides the config as on the training command line.
 
 from __future__ import annotations
 
-import argparse
 import collections
 import glob
 import os
@@ -34,6 +33,7 @@ import numpy as np
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
+import cli_args  # noqa: E402
 from wavjepa_jax import configuration, sharding, train  # noqa: E402
 from wavjepa_jax.train_state import create_train_state  # noqa: E402
 
@@ -42,15 +42,6 @@ PEAK_TFLOPS = {"H100": 989.0, "H200": 989.0, "A100": 312.0, "L4": 121.0, "TPU v4
                "TPU v5 lite": 197.0, "TPU v5e": 197.0, "TPU v5p": 459.0, "TPU v6": 918.0}
 COMPONENTS = ("masking", "augment", "frontend", "context_encoder", "predictor", "target_encoder",
               "loss", "optimizer", "ema")
-
-
-def load_config(path: str, overrides: list[str]) -> ml_collections.ConfigDict:
-    from absl import flags
-    from ml_collections import config_flags
-    values = flags.FlagValues()
-    config_flags.DEFINE_config_file("config", path, flag_values=values, lock_config=True)
-    values(["step_throughput", f"--config={path}", *overrides])
-    return values.config
 
 
 def peak_tflops(device, given: float | None) -> float | None:
@@ -143,13 +134,8 @@ def print_table(rows: list[tuple[str, str]]) -> None:
 
 
 def main() -> None:
-    argv = sys.argv[1:]
-    overrides = argv[argv.index("--") + 1:] if "--" in argv else []
-    argv = argv[:argv.index("--")] if "--" in argv else argv
-    parser = argparse.ArgumentParser(
-        prog="python benchmarks/step_throughput.py", description=__doc__.split("\n\n")[0],
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-        epilog="\n\n".join(__doc__.split("\n\n")[1:]))
+    parser, argv, overrides = cli_args.parser_and_overrides(
+        __doc__, "python benchmarks/step_throughput.py", sys.argv[1:])
     parser.add_argument("--config", required=True)
     parser.add_argument("--steps", type=int, default=10, help="Timed steps.")
     parser.add_argument("--warmup", type=int, default=2, help="Untimed steps after compiling.")
@@ -160,7 +146,7 @@ def main() -> None:
                         help="Skip the unrolled compile that counts FLOPs (slow for big models).")
     args = parser.parse_args(argv)
 
-    config = load_config(args.config, overrides)
+    config = cli_args.load_config(args.config, overrides)
     configuration.validate(config)
     mesh = sharding.make_mesh(config)
     sharding.check_batch_divisible(config, mesh)
