@@ -164,6 +164,7 @@ def interrupted(env, tmp_path_factory):
                 kill_delay=kill_delay, finished=finished)
 
 
+@pytest.mark.slow
 def test_sigterm_saves_and_exits_cleanly(interrupted):
     stopped, killed = interrupted["stopped"], interrupted["killed"]
     assert stopped.returncode == 0, stopped.stderr[-5000:]
@@ -174,6 +175,7 @@ def test_sigterm_saves_and_exits_cleanly(interrupted):
     assert f"resumed from step {saved}" in killed.stderr
 
 
+@pytest.mark.slow
 def test_sigkill_then_resume(interrupted):
     killed, finished = interrupted["killed"], interrupted["finished"]
     assert killed.returncode == -signal.SIGKILL, killed.stderr[-5000:]
@@ -182,6 +184,7 @@ def test_sigkill_then_resume(interrupted):
     assert 10 <= resumed < TOTAL_STEPS
 
 
+@pytest.mark.slow
 def test_resume_is_exact(interrupted, reference):
     """Every step's metrics (steps redone after the SIGKILL included) and the final TrainState
     match the uninterrupted run bitwise."""

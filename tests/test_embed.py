@@ -186,7 +186,8 @@ def assert_same_leaves(got, expected):
         np.testing.assert_array_equal(got[name], expected[name], err_msg=name)
 
 
-@pytest.mark.parametrize("seed,scan_layers,fsdp", [(0, True, 1), (7, False, 2)])
+@pytest.mark.parametrize("seed,scan_layers,fsdp", [
+    (0, True, 1), pytest.param(7, False, 2, marks=pytest.mark.slow)])
 def test_random_init_is_the_training_step_0(seed, scan_layers, fsdp):
     """Bitwise the front end and encoder a run with config.seed = seed starts from, whether its
     blocks are scanned or unrolled and however the params are sharded."""
