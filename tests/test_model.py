@@ -176,3 +176,21 @@ def test_clip_head_is_optional_and_leaves_the_other_params_as_they_were():
     assert out.shape == (3, 32)
     assert train.param_summary(with_head)["clip_head"] == (
         config.encoder_width * 32 + 32 + 32 * 32 + 32)
+
+
+def test_spectrogram_head_is_optional_and_leaves_the_other_params_as_they_were():
+    config = configuration.model_config("tiny")
+    key = jax.random.PRNGKey(0)
+    plain = nn.meta.unbox(jax.jit(WavJEPA.from_config(config).init, static_argnums=1)(
+        key, 16_000))
+    config.spectrogram_bands = 24
+    model = WavJEPA.from_config(config)
+    with_head = nn.meta.unbox(jax.jit(model.init, static_argnums=1)(key, 16_000))
+    assert set(with_head) == set(plain) | {"spectrogram_head"}
+    for name in plain:
+        for a, b in zip(jax.tree.leaves(plain[name]), jax.tree.leaves(with_head[name])):
+            np.testing.assert_array_equal(a, b)
+    frames = jnp.ones((2, 7, config.encoder_width))
+    assert model.spectrogram_head.apply({"params": with_head["spectrogram_head"]},
+                                        frames).shape == (2, 7, 24)
+    assert train.param_summary(with_head)["spectrogram_head"] == config.encoder_width * 24 + 24

@@ -218,3 +218,42 @@ def test_noisy_context_audio_keeps_the_targets_clean(setup):
     grads, via_copy = grad(params, False), grad(params, True)
     for a, b in zip(jax.tree.leaves(grads["frontend"]), jax.tree.leaves(via_copy["frontend"])):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-8)
+
+
+def test_spectrogram_term_regresses_the_clean_log_mel_at_each_context_frame():
+    from wavjepa_jax import logmel
+    config = configuration.model_config("tiny")
+    config.spectrogram_bands = 16
+    model = WavJEPA.from_config(config)
+    params = nn.meta.unbox(jax.jit(model.init, static_argnums=1)(jax.random.PRNGKey(0), SAMPLES))
+    masks = masking.sample_masks(jax.random.PRNGKey(1), 2, 200, configuration.mask_config())
+    audio = jax.random.normal(jax.random.PRNGKey(2), (2, SAMPLES))
+    noisy = audio + jax.random.normal(jax.random.PRNGKey(3), audio.shape)
+    kwargs = dict(top_k=2, target_norm="example", context_audio=noisy)
+    plain = objective.wavjepa_loss(model, params, params["encoder"], audio, masks, **kwargs)
+    out = objective.wavjepa_loss(model, params, params["encoder"], audio, masks,
+                                 spectrogram_weight=0.5, **kwargs)
+    # By hand: log-mels of the CLEAN audio, standardised per band over the batch's frames,
+    # against the linear head on the context outputs, at the valid context frames only.
+    mels = np.asarray(logmel.frame_aligned_log_mel(
+        audio, 200, 240, logmel.LogMelFeatures(n_mels=16)), np.float64)
+    mels = (mels - mels.mean((0, 1))) / (mels.std((0, 1)) + 1e-3)
+    head = params["spectrogram_head"]["out"]
+    predicted = np.asarray(out.context_features, np.float64) @ np.asarray(head["kernel"]) + \
+        np.asarray(head["bias"])
+    errors = []
+    for row in range(2):
+        for slot, (frame, valid) in enumerate(zip(masks.context_idx[row],
+                                                  masks.context_valid[row])):
+            if valid:
+                errors.append(np.mean((predicted[row, slot] - mels[row, int(frame)]) ** 2))
+    assert float(out.spectrogram_loss) == pytest.approx(np.mean(errors), rel=1e-4)
+    assert float(out.loss) == pytest.approx(float(plain.loss) + 0.5 * np.mean(errors), rel=1e-4)
+    assert float(plain.spectrogram_loss) == 0.0
+    # It trains the head, the encoder and the front end; never the target parameters.
+    grads = jax.grad(lambda p, t: objective.wavjepa_loss(
+        model, p, t, audio, masks, spectrogram_weight=1.0, **kwargs).spectrogram_loss,
+        argnums=(0, 1))(params, params["encoder"])
+    for name in ("spectrogram_head", "encoder", "frontend"):
+        assert optax_norm(grads[0][name]) > 0, name
+    assert optax_norm(grads[0]["predictor"]) == 0 and optax_norm(grads[1]) == 0

@@ -4,6 +4,7 @@ import json
 import os
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 import soundfile
@@ -181,6 +182,30 @@ def test_logmel_tone_peaks_in_its_mel_band():
         tone = np.sin(2 * np.pi * hz * time)
         assert int(np.argmax(features.log_mel(tone).mean(0))) == band
         assert int(np.argmin(np.abs(features.band_centres - hz))) == band
+
+
+def test_frame_aligned_log_mel_centres_each_window_on_its_encoder_frame():
+    from wavjepa_jax import frontend, logmel
+    features = LogMelFeatures()
+    conv = [[8, 10, 5]] + [[8, 3, 2]] * 4 + [[8, 2, 2]]           # The release's strides.
+    field, stride = frontend.receptive_field(conv)
+    frames = frontend.num_frames(32_160, conv)
+    assert (field, stride, frames) == (240, 160, 200)
+    rng = np.random.default_rng(0)
+    audio = rng.standard_normal((2, 32_160)).astype(np.float32)
+    out = np.asarray(logmel.frame_aligned_log_mel(jnp.asarray(audio), frames, field, features))
+    assert out.shape == (2, 200, 64)
+    # Frame i's 400-sample window starts 80 samples before encoder frame i's 240: same centre.
+    for row in range(2):
+        expected = features.log_mel(np.pad(audio[row], (80, 0)))[:200]
+        np.testing.assert_allclose(out[row], expected, atol=1e-4)
+    # A click at the centre of encoder frame 50 lights up log-mel frame 50 (and its neighbours
+    # 2 hops away at most), not frame 49 - 3 or 51 + 3.
+    click = np.zeros((1, 32_160), np.float32)
+    click[0, 50 * 160 + 120] = 1.0
+    energy = np.asarray(logmel.frame_aligned_log_mel(jnp.asarray(click), frames, field,
+                                                     features)).mean(-1)[0]
+    assert int(np.argmax(energy)) == 50 and np.all(energy[[45, 55]] < energy[50] - 5)
 
 
 def test_logmel_shapes_and_filterbank():

@@ -75,6 +75,8 @@ def model_config(size: str = "base") -> ml_collections.ConfigDict:
         position_scale=1.0,         # Scale of the front end's sin-cos code (release: 1).
         clip_projector=0,           # > 0: loss.clip_weight compares crops after a 2-layer MLP
                                     # of this width (trained, never exported); 0: directly.
+        spectrogram_bands=0,        # > 0: loss.spectrogram_weight's linear head predicts this
+                                    # many log-mel bands per frame (trained, never exported).
         dtype="float32",            # Compute dtype; params always stay float32.
         remat=False,                # Rematerialise each transformer block in the backward pass.
         scan_layers=True,           # nn.scan over blocks: compile time independent of depth.
@@ -154,9 +156,12 @@ def default_config() -> ml_collections.ConfigDict:
     # variance hinge (per-channel std across the batch's frames >= 1) and covariance penalty.
     # A clip-level term on the mean-pooled context outputs of the crops of each clip (0: off):
     # "contrastive" (InfoNCE, crops of a clip are positives) or "vicreg". Needs crops_per_clip >= 2.
+    # A spectrogram term (0: off): each context output frame regresses, through a linear head of
+    # model.spectrogram_bands outputs, the standardised log-mel of the clean audio at that frame.
     config.loss = ml_collections.ConfigDict(dict(
         variance_weight=0.0, covariance_weight=0.0,
-        clip_weight=0.0, clip_objective="contrastive", clip_temperature=0.1))
+        clip_weight=0.0, clip_objective="contrastive", clip_temperature=0.1,
+        spectrogram_weight=0.0))
 
     # Noise on the context branch's input only (prob 0: off, the release); targets stay clean.
     # Gaussian noise with power ~ 1/f^colour, colour uniform in [0, max_colour], at an SNR drawn
@@ -170,6 +175,23 @@ def default_config() -> ml_collections.ConfigDict:
     config.max_bad_steps = 20      # Consecutive non-finite steps before the run stops.
     config.debug_nan_steps = ""    # Test-only fault injection: "a-b" makes steps a..b's loss NaN.
     return config
+
+
+def validate_spectrogram_term(config: ml_collections.ConfigDict, total_stride: int) -> None:
+    """The spectrogram term needs its head, 16 kHz audio and 10 ms frames (its log-mel hop)."""
+    weight, bands = config.loss.get("spectrogram_weight", 0.0), config.model.get(
+        "spectrogram_bands", 0)
+    if bool(weight) != bool(bands):
+        raise ValueError(f"loss.spectrogram_weight={weight} and model.spectrogram_bands={bands}: "
+                         "the term needs its head, set both or neither")
+    if not weight:
+        return
+    if bands < 1:
+        raise ValueError(f"model.spectrogram_bands={bands} must be >= 1")
+    if config.data.sample_rate != SAMPLE_RATE or total_stride != 160:
+        raise ValueError(f"loss.spectrogram_weight needs data.sample_rate={SAMPLE_RATE} and a "
+                         f"front end of total stride 160 (10 ms frames, the log-mel hop); got "
+                         f"{config.data.sample_rate} Hz and stride {total_stride}")
 
 
 def validate(config: ml_collections.ConfigDict) -> None:
@@ -202,7 +224,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
         section, name = field.split(".")
         if not 0.0 <= config[section][name] <= 1.0:
             raise ValueError(f"{field}={config[section][name]} must be in [0, 1]")
-    for name in ("variance_weight", "covariance_weight", "clip_weight"):
+    for name in ("variance_weight", "covariance_weight", "clip_weight", "spectrogram_weight"):
         if config.loss[name] < 0:
             raise ValueError(f"loss.{name}={config.loss[name]} must be >= 0")
     if config.loss.clip_weight:
@@ -218,6 +240,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
     if model.get("clip_projector", 0) and not config.loss.clip_weight:
         raise ValueError(f"model.clip_projector={model.clip_projector} is the clip-level term's "
                          "head, but loss.clip_weight=0: set both or neither")
+    validate_spectrogram_term(config, frontend.receptive_field(model.conv_layers)[1])
     augment.validate_noise_config(config.augment)
     if model.conv_norm not in ("group", "layer"):
         raise ValueError(f"model.conv_norm={model.conv_norm!r} must be 'group' or 'layer'")

@@ -9,7 +9,9 @@ centring (a clip shorter than one window is zero-padded to one frame), 512-point
 spectrum, triangular filters evenly spaced on the HTK mel scale from 60 Hz to 8 kHz (peak 1, not
 area-normalised), then log(mel + 1e-6). A clip's vector is the mean over frames followed by the
 standard deviation over frames. Before that a clip is RMS-normalised to -14 dBFS, as the encoder
-path prepares audio, so neither feature set sees the recording level. NumPy only.
+path prepares audio, so neither feature set sees the recording level. NumPy, plus
+`frame_aligned_log_mel`: the same log-mels in JAX, one per encoder frame, for the training
+objective's spectrogram term (loss.spectrogram_weight).
 """
 
 from __future__ import annotations
@@ -112,3 +114,24 @@ class LogMelFeatures:
             frames = self.log_mel(clip)
             out[row] = np.concatenate([frames.mean(0), frames.std(0)])
         return out
+
+
+def frame_aligned_log_mel(audio, num_frames: int, receptive_field: int,
+                          features: LogMelFeatures = LogMelFeatures()):
+    """[batch, samples] audio -> [batch, num_frames, n_mels] float32 log-mels (JAX), frame i's
+    window centred on the centre of encoder frame i (whose `receptive_field` samples start at
+    i * features.hop; the conv stack's total stride must equal features.hop).
+
+    The audio is zero-padded by half the difference of the window and the receptive field on the
+    left, and as much as the last frame needs on the right.
+    """
+    import jax.numpy as jnp  # Local: the probe's NumPy path does not need JAX.
+
+    left = (features.window - receptive_field) // 2
+    right = max(0, (num_frames - 1) * features.hop + features.window - left - audio.shape[-1])
+    padded = jnp.pad(audio.astype(jnp.float32), ((0, 0), (left, right)))
+    starts = jnp.arange(num_frames) * features.hop
+    frames = padded[:, starts[:, None] + jnp.arange(features.window)[None, :]]
+    spectrum = jnp.fft.rfft(frames * jnp.asarray(features._hann), n=features.n_fft)
+    power = jnp.square(spectrum.real) + jnp.square(spectrum.imag)
+    return jnp.log(power @ jnp.asarray(features.filterbank) + features.log_offset)

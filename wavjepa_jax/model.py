@@ -116,6 +116,22 @@ class ClipHead(nn.Module):
         return dense(self.width, ("mlp", "head_out"), "out")(hidden)
 
 
+class SpectrogramHead(nn.Module):
+    """A linear map from each context-encoder output frame to the log-mel bands of the clean audio
+    at that frame (loss.spectrogram_weight). Linear, so what it asks the encoder to keep is
+    linearly readable by a downstream probe. Training-only, like ClipHead."""
+
+    bands: int
+
+    @nn.compact
+    def __call__(self, frames):
+        return nn.Dense(self.bands, name="out",
+                        kernel_init=nn.with_logical_partitioning(trunc_normal_02,
+                                                                 ("embed", "head_out")),
+                        bias_init=nn.with_logical_partitioning(nn.initializers.zeros,
+                                                               ("head_out",)))(frames)
+
+
 def training_init_rng(seed: int) -> jax.Array:
     """The key a training run with `config.seed = seed` initialises its params from (with
     `WavJEPA.init`); `AudioEncoder.random_init` uses it too, so the probe's untrained baseline is
@@ -131,6 +147,7 @@ class WavJEPA:
     encoder: Encoder
     predictor: Predictor
     clip_head: ClipHead | None = None
+    spectrogram_head: SpectrogramHead | None = None
 
     @classmethod
     def from_config(cls, model: ml_collections.ConfigDict) -> "WavJEPA":
@@ -147,11 +164,14 @@ class WavJEPA:
                                 model.predictor_heads, model.predictor_mlp,
                                 out_width=model.encoder_width, **common),
             clip_head=ClipHead(model.clip_projector) if model.get("clip_projector", 0) else None,
+            spectrogram_head=(SpectrogramHead(model.spectrogram_bands)
+                              if model.get("spectrogram_bands", 0) else None),
         )
 
     def init(self, rng: jax.Array, num_samples: int, num_context: int = 4, num_targets: int = 4):
         """Boxed (logically partitioned) params {'frontend', 'encoder', 'predictor'} (and
-        'clip_head' when the model has one; its key is folded in, so the others do not change).
+        'clip_head' / 'spectrogram_head' when the model has them; their keys are folded in, so
+        the others do not change).
 
         Use under jax.eval_shape to get shapes and logical axes without allocating anything.
         """
@@ -170,4 +190,7 @@ class WavJEPA:
         if self.clip_head is not None:
             params["clip_head"] = self.clip_head.init(
                 jax.random.fold_in(rng, 3), jnp.zeros((1, width), jnp.float32))["params"]
+        if self.spectrogram_head is not None:
+            params["spectrogram_head"] = self.spectrogram_head.init(
+                jax.random.fold_in(rng, 4), jnp.zeros((1, 1, width), jnp.float32))["params"]
         return params

@@ -17,6 +17,9 @@ Options beyond the release (each off by default, see README "Does it learn?"):
                           share a clip ("contrastive": crops of one clip are each other's
                           positives, the batch's other crops the negatives; "vicreg":
                           invariance + variance + covariance across clips)
+  spectrogram_weight      a linear head on each context-encoder output frame regresses the
+                          standardised log-mel of the clean audio at that frame (what a JEPA's
+                          latent targets let the encoder drop: pitch, phonetic detail)
   context_audio           the context branch reads other (e.g. noisy) audio than the targets
 """
 
@@ -27,6 +30,8 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
+from wavjepa_jax import frontend as frontend_lib
+from wavjepa_jax import logmel
 from wavjepa_jax.masking import Masks
 from wavjepa_jax.model import WavJEPA
 
@@ -146,12 +151,37 @@ def clip_loss(context: jax.Array, valid: jax.Array, crops_per_clip: int, kind: s
     return clip_vicreg(embeddings, crops_per_clip)
 
 
+def standardise_bands(log_mels: jax.Array) -> jax.Array:
+    """Each band minus its batch mean over all frames, over its batch std: [batch, frames, bands].
+    Per band, not per clip, so a clip's spectral shape (timbre, speaker) stays in the target."""
+    mean = jnp.mean(log_mels, axis=(0, 1), keepdims=True)
+    std = jnp.std(log_mels, axis=(0, 1), keepdims=True)
+    return (log_mels - mean) / (std + 1e-3)
+
+
+def spectrogram_targets(audio: jax.Array, num_frames: int, receptive_field: int,
+                        bands: int) -> jax.Array:
+    """Standardised log-mels of `audio` [batch, samples], one per encoder frame:
+    [batch, num_frames, bands], under stop_gradient."""
+    log_mels = logmel.frame_aligned_log_mel(audio, num_frames, receptive_field,
+                                            logmel.LogMelFeatures(n_mels=bands))
+    return jax.lax.stop_gradient(standardise_bands(log_mels))
+
+
+def frame_regression_loss(predicted: jax.Array, targets: jax.Array, valid: jax.Array) -> jax.Array:
+    """Mean over channels of the squared error, then over the valid frames: predicted, targets
+    [batch, n, channels], valid [batch, n]."""
+    per_frame = jnp.mean(jnp.square(predicted.astype(jnp.float32) - targets), axis=-1)
+    return jnp.sum(per_frame * valid) / jnp.maximum(jnp.sum(valid), 1)
+
+
 class LossOutputs(NamedTuple):
     loss: jax.Array              # What is differentiated: prediction + weighted regularisers
     prediction_loss: jax.Array
     variance_loss: jax.Array
     covariance_loss: jax.Array
     clip_loss: jax.Array
+    spectrogram_loss: jax.Array
     context_features: jax.Array  # [batch, context, width], after the encoder's final norm
     targets: jax.Array           # [batch, frames, width]
 
@@ -183,7 +213,8 @@ def wavjepa_loss(model: WavJEPA, params, target_params, audio, masks: Masks, *,
                  target_centering: str = "none", variance_weight: float = 0.0,
                  covariance_weight: float = 0.0, clip_weight: float = 0.0,
                  clip_objective: str = "contrastive", clip_temperature: float = 0.1,
-                 crops_per_clip: int = 1, context_audio=None) -> LossOutputs:
+                 crops_per_clip: int = 1, spectrogram_weight: float = 0.0,
+                 context_audio=None) -> LossOutputs:
     """The training loss for a batch of crops `audio` [batch, samples] and their masks.
 
     target_frontend_params: None (the release) feeds the target encoder the online front end's
@@ -222,8 +253,22 @@ def wavjepa_loss(model: WavJEPA, params, target_params, audio, masks: Masks, *,
             lambda x: model.clip_head.apply({"params": params["clip_head"]}, x))
         clip = (clip_loss(context, masks.context_valid, crops_per_clip, clip_objective,
                           clip_temperature, head) if clip_weight else 0.0)
+        spectrogram = (context_spectrogram_loss(model, params, audio, context, masks,
+                                                tokens.shape[1]) if spectrogram_weight else 0.0)
         loss = (predicted + variance_weight * variance + covariance_weight * covariance
-                + clip_weight * clip)
-    return LossOutputs(loss, predicted, jnp.asarray(variance, jnp.float32),
-                       jnp.asarray(covariance, jnp.float32), jnp.asarray(clip, jnp.float32),
-                       context, targets)
+                + clip_weight * clip + spectrogram_weight * spectrogram)
+    as_f32 = lambda x: jnp.asarray(x, jnp.float32)  # noqa: E731
+    return LossOutputs(loss, predicted, as_f32(variance), as_f32(covariance), as_f32(clip),
+                       as_f32(spectrogram), context, targets)
+
+
+def context_spectrogram_loss(model: WavJEPA, params, audio, context, masks: Masks,
+                             num_frames: int) -> jax.Array:
+    """The spectrogram term: the linear head on every context output frame against the clean
+    audio's standardised log-mel at that frame (targets from `audio`, so noisy context input makes
+    it a denoising task)."""
+    field, _ = frontend_lib.receptive_field(model.frontend.conv_layers)
+    targets = spectrogram_targets(audio, num_frames, field, model.spectrogram_head.bands)
+    predicted = model.spectrogram_head.apply({"params": params["spectrogram_head"]}, context)
+    return frame_regression_loss(predicted, gather_frames(targets, masks.context_idx),
+                                 masks.context_valid)

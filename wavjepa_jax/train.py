@@ -57,8 +57,9 @@ def param_summary(params) -> dict:
         "predictor_projections": count_params(
             {k: v for k, v in predictor.items() if k not in ("transformer", "final_norm")}),
     }
-    if "clip_head" in params:
-        counts["clip_head"] = count_params(params["clip_head"])
+    for head in ("clip_head", "spectrogram_head"):
+        if head in params:
+            counts[head] = count_params(params[head])
     counts["trainable_total"] = sum(counts.values())
     counts["target_encoder"] = counts["encoder"]
     return counts

@@ -66,7 +66,8 @@ def make_train_step(model: WavJEPA, config: ml_collections.ConfigDict,
         variance_weight=config.loss.variance_weight,
         covariance_weight=config.loss.covariance_weight, clip_weight=config.loss.clip_weight,
         clip_objective=config.loss.clip_objective, clip_temperature=config.loss.clip_temperature,
-        crops_per_clip=config.data.crops_per_clip)
+        crops_per_clip=config.data.crops_per_clip,
+        spectrogram_weight=config.loss.get("spectrogram_weight", 0.0))
     noisy_context = config.augment.prob > 0
 
     def logged_only(step_done, compute):
@@ -122,7 +123,7 @@ def make_train_step(model: WavJEPA, config: ml_collections.ConfigDict,
         metrics = {
             "loss": loss, "prediction_loss": outputs.prediction_loss,
             "variance_loss": outputs.variance_loss, "covariance_loss": outputs.covariance_loss,
-            "clip_loss": outputs.clip_loss,
+            "clip_loss": outputs.clip_loss, "spectrogram_loss": outputs.spectrogram_loss,
             "grad_norm": grad_norm, "ema_decay": decay, "finite": finite,
             "learning_rate": learning_rate(count),
             "bad_steps": new_state.bad_steps, "skipped_steps": new_state.skipped_steps,
