@@ -149,7 +149,7 @@ def main() -> None:
     config = cli_args.load_config(args.config, overrides)
     configuration.validate(config)
     mesh = sharding.make_mesh(config)
-    sharding.check_batch_divisible(config, mesh)
+    configuration.check_batch_divisible(config, mesh)
     built = train.build(config, mesh)
     with jax.set_mesh(mesh), nn.logical_axis_rules(sharding.LOGICAL_RULES):
         started = time.perf_counter()

@@ -3,6 +3,18 @@
 # launch/slurm_gpu.sbatch keeps its own copy: sbatch runs a spooled copy of the script, where
 # this file is not next to it.
 
+# Stop with "<launcher>: MESSAGE" on stderr (exit 2: a usage or set-up error).
+die() { printf '%s: %s\n' "$(basename "$0")" "$*" >&2; exit 2; }
+
+# Show a command, then run it unless this is a dry run (DRY_RUN=1).
+run() {
+  printf '+ %s\n' "$(shell_join "$@")"
+  if (( ! ${DRY_RUN:-0} )); then "$@"; fi
+}
+
+# A comment line in the launcher's output.
+note() { printf '# %s\n' "$*"; }
+
 # Print the arguments as one shell command line; words that need no quoting stay bare, and
 # `--flag=value` keeps the flag outside the quotes.
 shell_join() {

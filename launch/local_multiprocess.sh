@@ -30,8 +30,6 @@ Example (2 hosts x 4 devices, FSDP over 4 of the 8 devices):
 EOF
 }
 
-die() { printf 'local_multiprocess.sh: %s\n' "$*" >&2; exit 2; }
-
 # SC1091: shellcheck follows lib.sh only with -x; the tests lint each script on its own.
 # shellcheck source=launch/lib.sh disable=SC1091
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"

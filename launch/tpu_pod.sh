@@ -62,19 +62,9 @@ Examples:
 EOF
 }
 
-die() { printf 'tpu_pod.sh: %s\n' "$*" >&2; exit 2; }
-
 # SC1091: shellcheck follows lib.sh only with -x; the tests lint each script on its own.
 # shellcheck source=launch/lib.sh disable=SC1091
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
-
-# Show a command, then run it unless this is a dry run.
-run() {
-  printf '+ %s\n' "$(shell_join "$@")"
-  if (( ! DRY_RUN )); then "$@"; fi
-}
-
-note() { printf '# %s\n' "$*"; }
 
 if (( BASH_VERSINFO[0] * 100 + BASH_VERSINFO[1] < 404 )); then
   die "needs bash >= 4.4 (macOS: brew install bash), this is $BASH_VERSION"

@@ -1,7 +1,7 @@
 """Checkpoints, exact resume and fault tolerance, through the real CLI in subprocesses.
 
 Every run is the tiny config with each step's metrics logged and a transient fault: NaN loss at
-steps 11-13 (`debug_nan_steps`), which the step skips. So the uninterrupted reference run is also
+steps 11-13 (`debug.nan_steps`), which the step skips. So the uninterrupted reference run is also
 the test of skipping, and the interrupted runs stop and resume inside the bad streak. All runs but
 one share a single compiled program (one CPU device, compilation cache), so the file costs seven
 launches and two compiles.
@@ -32,7 +32,7 @@ TOTAL_STEPS = 20
 TINY = ["--config", str(REPO / "configs" / "tiny.py"), f"--config.total_steps={TOTAL_STEPS}",
         "--config.batch_size=8", "--config.data.clip_seconds=2.5", "--config.log_every=1",
         "--config.checkpoint.every=5", "--config.checkpoint.keep=3",
-        "--config.debug_nan_steps=10-12"]      # 0-based: the steps logged as 11, 12 and 13.
+        "--config.debug.nan_steps=10-12"]      # 0-based: the steps logged as 11, 12 and 13.
 NAN_STEPS = (11, 12, 13)
 # What the step computes; the rest of a metrics row is timing.
 STEP_METRICS = ("loss", "grad_norm", "learning_rate", "ema_decay", "finite", "bad_steps",

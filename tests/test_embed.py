@@ -225,3 +225,33 @@ def test_exported_step_0_checkpoint_equals_random_init(tmp_path):
     assert baseline.config["source"]["seed"] == 3
     assert_same_leaves(export.flatten(jax.device_get(baseline.params)),
                        export.flatten(jax.device_get(wavjepa_jax.load_encoder(out).params)))
+
+
+TRAINING_MODULES = ("grain", "orbax", "optax", "ml_collections", "tensorflow",
+                    "wavjepa_jax.configuration", "wavjepa_jax.train", "wavjepa_jax.train_step",
+                    "wavjepa_jax.train_state", "wavjepa_jax.objective", "wavjepa_jax.masking",
+                    "wavjepa_jax.checkpoint", "wavjepa_jax.sharding", "wavjepa_jax.augment",
+                    "wavjepa_jax.data.pipeline", "wavjepa_jax.data.sources")
+
+
+def test_loading_an_exported_encoder_imports_no_training_code(encoder, tmp_path):
+    """load_encoder and the HEAR module need the model and audio I/O only: no Grain, Orbax,
+    optax, config system or training module. (absl.flags itself is imported by Flax.)"""
+    import subprocess
+    import sys
+    out = str(tmp_path / "enc")
+    export.save_encoder(out, jax.device_get(encoder.params), tiny_encoder_config()["model"],
+                        sample_rate=RATE, chunk_samples=CHUNK, source={"kind": "test"})
+    script = (
+        "import sys, numpy as np, wavjepa_jax\n"
+        f"encoder = wavjepa_jax.load_encoder({out!r})\n"
+        "assert encoder.embed_clip(np.zeros(16000, np.float32), 16000).shape == (64,)\n"
+        "from wavjepa_jax import hear\n"
+        f"hear.load_model({out!r})\n"
+        f"print(sorted(m for m in sys.modules if m.split('.')[0] in {TRAINING_MODULES!r} "
+        f"or m in {TRAINING_MODULES!r}))\n")
+    env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=REPO)
+    result = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True,
+                            text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.strip().splitlines()[-1] == "[]"

@@ -15,7 +15,8 @@ import soundfile
 
 import wavjepa_jax
 from test_export import trained_run
-from wavjepa_jax import checkpoint, cli, configuration, convert, distributed, export, probe, train
+from wavjepa_jax import (checkpoint, cli, configuration, convert, distributed, export, probe,
+                         sharding, train)
 from wavjepa_jax.encoder_api import expected_param_shapes
 from wavjepa_jax.data import sources
 
@@ -381,6 +382,52 @@ def test_two_process_batch_split_is_refused_before_building(tmp_path, monkeypatc
     monkeypatch.setattr(train, "build", lambda *a: pytest.fail("built before the check"))
     with pytest.raises(ValueError, match=r"^batch_size=8 over 2 processes is 4 crops per "
                                          r"process, not a multiple of data.crops_per_clip=8"):
+        train.run(config, str(tmp_path / "run"))
+    assert os.listdir(tmp_path) == []
+
+
+def _set(config, field, value):
+    section, _, name = field.rpartition(".")
+    node = config
+    for part in filter(None, section.split(".")):
+        node = node[part]
+    node[name] = value
+
+
+@pytest.mark.parametrize("changes,processes,message", [
+    ({"total_steps": 0}, 1, r"total_steps=0 must be positive"),
+    ({"log_every": -1}, 1, r"log_every=-1 must be positive"),
+    ({"checkpoint.every": 0}, 1, r"checkpoint\.every=0 must be positive"),
+    ({"batch_size": 12, "data.crops_per_clip": 4}, 1,
+     r"batch_size=12 is not divisible by the mesh's batch axes data x fsdp = 8 x 1 = 8"),
+    ({"batch_size": 8, "data.crops_per_clip": 8}, 2,
+     r"batch_size=8 over 2 processes is 4 crops per process, not a multiple of "
+     r"data\.crops_per_clip=8"),
+    ({"mask.target_size": 500}, 1, r"mask\.target_size=500"),
+    ({"data.short_clip": "stretch"}, 1, r"data\.short_clip='stretch' must be one of"),
+    ({"data.clip_seconds": 1.0}, 1, r"data\.clip_seconds=1\.0 .* shorter than "
+                                    r"data\.crop_samples"),
+    ({"data.min_crop_audio": 1.5}, 1, r"data\.min_crop_audio=1\.5 must be in \[0, 1\]"),
+    ({"data.num_workers": -1}, 1, r"data\.num_workers=-1 must be >= 0"),
+    ({"loss.spectrogram_weight": 1.0}, 1, r"loss\.spectrogram_weight=1\.0 and "
+                                          r"model\.spectrogram_bands=0"),
+])
+def test_every_config_error_is_one_validate_call_before_anything_is_built(
+        changes, processes, message, tmp_path, monkeypatch):
+    config = configuration.default_config()
+    config.model = configuration.model_config("tiny")
+    config.batch_size, config.data.crops_per_clip = 16, 2   # The mesh: data=8 fake devices.
+    for field, value in changes.items():
+        _set(config, field, value)
+    mesh = sharding.make_mesh(config)
+    with pytest.raises(ValueError, match=message) as raised:
+        configuration.validate(config, mesh, processes)
+    assert "\n" not in str(raised.value)
+    # train.run makes exactly this check, before it builds (or compiles) anything.
+    monkeypatch.setattr(jax, "process_count", lambda: processes)
+    monkeypatch.setattr(distributed, "check_same_config", lambda config: None)
+    monkeypatch.setattr(train, "build", lambda *a: pytest.fail("built before the check"))
+    with pytest.raises(ValueError, match=message):
         train.run(config, str(tmp_path / "run"))
     assert os.listdir(tmp_path) == []
 

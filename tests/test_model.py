@@ -1,3 +1,5 @@
+import dataclasses
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -79,8 +81,7 @@ def release_style_predictor(model, params, context, context_idx, target_idx, num
     seq = seq + sincos_embedding(jnp.arange(num_frames), cfg.width)
     keep = jax.vmap(lambda i, t: jnp.zeros(num_frames, bool).at[i].set(True).at[t].set(True))(
         context_idx, target_idx)
-    stack = TransformerStack(cfg.depth, cfg.width, cfg.heads, cfg.mlp, cfg.norm_first, cfg.eps,
-                             scan=cfg.scan)
+    stack = TransformerStack(cfg.stack)
     out = stack.apply({"params": p["transformer"]}, seq, keep)
     out = layer_norm(1e-5, "n").apply({"params": p["final_norm"]}, out)
     out = dense("output_projection", out)
@@ -123,19 +124,14 @@ def test_remat_and_bfloat16_options():
     params = init_params(model)["encoder"]
     tokens = jax.random.normal(jax.random.PRNGKey(3), (2, 50, 64))
     reference = model.encoder.apply({"params": params}, tokens)
-    remat = Encoder(**{**_fields(model.encoder), "remat": True})
+    remat = Encoder(dataclasses.replace(model.encoder.stack, remat=True))
     np.testing.assert_allclose(remat.apply({"params": params}, tokens), reference, atol=1e-6)
     grads = jax.grad(lambda p: jnp.sum(remat.apply({"params": p}, tokens)))(params)
     assert all(np.isfinite(g).all() for g in jax.tree.leaves(grads))
-    bf16 = Encoder(**{**_fields(model.encoder), "dtype": jnp.bfloat16})
+    bf16 = Encoder(dataclasses.replace(model.encoder.stack, dtype=jnp.bfloat16))
     out = bf16.apply({"params": params}, tokens)
     assert jax.tree.leaves(params)[0].dtype == jnp.float32       # Params stay float32.
     np.testing.assert_allclose(np.asarray(out, np.float32), reference, atol=0.1)
-
-
-def _fields(module):
-    return {f: getattr(module, f) for f in
-            ("depth", "width", "heads", "mlp", "norm_first", "eps", "dtype", "scan", "remat")}
 
 
 def test_every_parameter_has_logical_axis_names():

@@ -154,7 +154,7 @@ def test_batch_not_divisible_by_the_data_axes_is_refused():
     config.batch_size = 12
     mesh = sharding.make_mesh(config)
     with pytest.raises(ValueError, match=r"batch_size=12 .*data x fsdp"):
-        sharding.check_batch_divisible(config, mesh)
+        configuration.check_batch_divisible(config, mesh)
 
 
 def test_mesh_larger_than_the_devices_is_refused():

@@ -4,6 +4,10 @@ A command that cannot do its job prints one line, `error: <what went wrong>`, na
 field or the step, to stderr and exits with status 1 (2 for a usage error caught by argparse).
 `--debug` re-raises instead, so the full traceback is still there when it is needed.
 docs/errors.md lists what each command does with bad input.
+
+One spelling: multi-word flags are written with hyphens (`--noise-snr`, `--dry-run`) and every
+command also takes them with underscores (`--noise_snr`, `--dry_run`); `--config.FIELD` overrides
+of `train` name config fields exactly as the config spells them.
 """
 
 from __future__ import annotations
@@ -14,11 +18,42 @@ import os
 import sys
 
 DEBUG_HELP = "On an error, show the full traceback instead of one line."
+CONVENTIONS = ("Multi-word flags take '-' or '_' alike (--dry-run = --dry_run). A failure prints "
+               "one 'error: ...' line and exits 1; --debug shows the traceback.")
 MAX_CHARS = 1000  # A library's message can embed whole specs; the first line, cut here, is enough.
 
 
 def add_debug_flag(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--debug", action="store_true", help=DEBUG_HELP)
+
+
+def normalise_flags(argv: list[str], joiner: str) -> list[str]:
+    """Flag names spelled with `joiner` ("-" for argparse, "_" for absl) whichever of '-' and '_'
+    was typed; values, `--config.*` overrides and everything after a bare `--` are untouched."""
+    other = "_" if joiner == "-" else "-"
+    out = []
+    for index, arg in enumerate(argv):
+        if arg == "--":
+            return out + list(argv[index:])
+        if arg.startswith("--") and not arg.startswith("--config."):
+            name, equals, value = arg[2:].partition("=")
+            arg = "--" + name.replace(other, joiner) + equals + value
+        out.append(arg)
+    return out
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse with this project's conventions: `--debug`, hyphen or underscore spellings of
+    every flag, and both stated at the end of --help."""
+
+    def __init__(self, prog: str, description: str, epilog: str | None = None, **kwargs):
+        super().__init__(prog=prog, description=description,
+                         epilog=f"{epilog}\n\n{CONVENTIONS}" if epilog else CONVENTIONS, **kwargs)
+        add_debug_flag(self)
+
+    def parse_known_args(self, args=None, namespace=None):
+        args = sys.argv[1:] if args is None else list(args)
+        return super().parse_known_args(normalise_flags(args, "-"), namespace)
 
 
 def message(error: BaseException) -> str:

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import ml_collections
 
+from wavjepa_jax.data.audio import RMS_DBFS
+
 SAMPLE_RATE = 16_000
 CROP_SAMPLES = 32_160  # 2.01 s at 16 kHz -> exactly 200 frames with the release's front end.
 
@@ -133,7 +135,7 @@ def default_config() -> ml_collections.ConfigDict:
         crop_samples=CROP_SAMPLES,
         crops_per_clip=8,
         clip_seconds=10.0,
-        rms_dbfs=-14.0,
+        rms_dbfs=RMS_DBFS,
         short_clip="pad_crop",     # Clips shorter than clip_seconds: "pad_crop" crops inside
                                    # the real audio (zero-padding only a clip shorter than one
                                    # crop); "pad_clip" zero-pads to clip_seconds (the release:
@@ -173,7 +175,10 @@ def default_config() -> ml_collections.ConfigDict:
         every=5_000, keep=3, async_save=True,
     ))
     config.max_bad_steps = 20      # Consecutive non-finite steps before the run stops.
-    config.debug_nan_steps = ""    # Test-only fault injection: "a-b" makes steps a..b's loss NaN.
+    # Fault injection for tests of the skip-and-resume machinery; never set in a real run.
+    config.debug = ml_collections.ConfigDict(dict(
+        nan_steps="",              # "a-b": the loss of (0-based) steps a..b is made NaN.
+    ))
     return config
 
 
@@ -194,8 +199,13 @@ def validate_spectrogram_term(config: ml_collections.ConfigDict, total_stride: i
                          f"{config.data.sample_rate} Hz and stride {total_stride}")
 
 
-def validate(config: ml_collections.ConfigDict) -> None:
-    """Raise ValueError, naming the field, for configurations that cannot work."""
+def validate(config: ml_collections.ConfigDict, mesh=None, process_count: int = 1) -> None:
+    """Raise ValueError, naming the field, for any configuration that cannot work: the one check
+    `train.run` makes before it builds or compiles anything.
+
+    mesh: the device mesh the run will use (its batch axes must divide batch_size; None skips
+    that check); process_count: the processes that each read whole clips of every batch.
+    """
     from wavjepa_jax import augment, frontend, masking  # Local: configs load without jax.
 
     num_frames = frontend.num_frames(config.data.crop_samples, config.model.conv_layers)
@@ -260,6 +270,37 @@ def validate(config: ml_collections.ConfigDict) -> None:
             field.split(".")[1]]
         if value < 1:
             raise ValueError(f"{field}={value} must be positive")
+    validate_data(config.data)
+    check_process_split(config, process_count)
+    if mesh is not None:
+        check_batch_divisible(config, mesh)
+
+
+def validate_data(data: ml_collections.ConfigDict) -> None:
+    """ValueError, naming the field, for `config.data` settings that cannot work."""
+    from wavjepa_jax.data import audio
+
+    audio.check_short_clip_mode(data.short_clip)
+    if not 0.0 <= data.min_crop_audio <= 1.0:
+        raise ValueError(f"data.min_crop_audio={data.min_crop_audio} must be in [0, 1]")
+    for field in ("crops_per_clip", "crop_samples", "sample_rate", "prefetch",
+                  "max_consecutive_skips") + (("channels",) if data.keep_channels else ()):
+        if data[field] < 1:
+            raise ValueError(f"data.{field}={data[field]} must be positive")
+    if round(data.clip_seconds * data.sample_rate) < data.crop_samples:
+        raise ValueError(f"data.clip_seconds={data.clip_seconds} at data.sample_rate="
+                         f"{data.sample_rate} is shorter than "
+                         f"data.crop_samples={data.crop_samples}")
+    if data.num_workers < 0:
+        raise ValueError(f"data.num_workers={data.num_workers} must be >= 0")
+
+
+def check_batch_divisible(config: ml_collections.ConfigDict, mesh) -> None:
+    """ValueError unless the mesh's batch axes (data x fsdp) divide batch_size."""
+    ways = mesh.shape["data"] * mesh.shape["fsdp"]
+    if config.batch_size % ways:
+        raise ValueError(f"batch_size={config.batch_size} is not divisible by the mesh's batch "
+                         f"axes data x fsdp = {mesh.shape['data']} x {mesh.shape['fsdp']} = {ways}")
 
 
 def check_process_split(config: ml_collections.ConfigDict, process_count: int) -> None:

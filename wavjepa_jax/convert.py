@@ -21,7 +21,6 @@ leading layer axis (the scanned layout).
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import os
 import sys
@@ -273,7 +272,7 @@ def convert(checkpoint: str, out_dir: str, *, strides=None, heads=None,
 
 
 def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(
+    parser = cli.ArgumentParser(
         prog="python -m wavjepa_jax.convert", description=__doc__.split("\n\n")[0],
         epilog="Load the result with wavjepa_jax.load_encoder(DIR); see docs/downstream.md.")
     parser.add_argument("--checkpoint", required=True,
@@ -286,7 +285,6 @@ def main(argv=None) -> None:
     parser.add_argument("--trust-pickle", action="store_true",
                         help="Allow torch.load(weights_only=False) for checkpoints that pickle "
                              "Python objects. Executes code from the file: trusted files only.")
-    cli.add_debug_flag(parser)
     args = parser.parse_args(argv)
     try:
         strides = [int(s) for s in args.conv_strides.split(",")] if args.conv_strides else None

@@ -33,7 +33,8 @@ import numpy as np
 from wavjepa_jax import export
 from wavjepa_jax.data import audio as audio_lib
 from wavjepa_jax.frontend import num_frames, receptive_field
-from wavjepa_jax.model import DTYPES, WavJEPA, training_init_rng
+from wavjepa_jax.model import (DTYPES, frontend_and_encoder, init_frontend_and_encoder,
+                               training_init_rng)
 
 MAX_CHANNELS = 16  # A rank-2 input with more "channels" than this is almost surely a batch.
 
@@ -122,10 +123,7 @@ class AudioEncoder:
         if max_batch < 1:
             raise ValueError(f"max_batch={max_batch} must be positive")
         self.config = config
-        model_config = export.build_model_config(config["model"])
-        model_config.dtype = dtype
-        model = WavJEPA.from_config(model_config)
-        self.frontend, self.encoder = model.frontend, model.encoder
+        self.frontend, self.encoder = frontend_and_encoder(config["model"], dtype=DTYPES[dtype])
         self.params = jax.device_put({"frontend": params["frontend"], "encoder": params["encoder"]})
         audio = config["audio"]
         self.sample_rate = int(audio["sample_rate"])
@@ -270,29 +268,18 @@ class AudioEncoder:
 
 def step0_params(config: dict, seed: int) -> dict:
     """{'frontend', 'encoder'} params (NumPy, blocks stacked) of an exported-encoder `config`
-    exactly as step 0 of a training run with `config.seed = seed` has them: `WavJEPA.init` with
-    `training_init_rng(seed)`, the predictor dropped (XLA never computes it).
+    exactly as step 0 of a training run with `config.seed = seed` has them: the keys of
+    `WavJEPA.init` from `training_init_rng(seed)`, the predictor's never drawn.
 
     The key does not depend on the crop length or the predictor's size, but it does on how the
     run built its blocks: `config["source"]["scan_layers"]` (recorded by export; default True,
     the training default) selects nn.scan's stacked init or unrolled `block_i` inits.
     """
-    model_config = export.build_model_config(config["model"])
-    model_config.scan_layers = bool(config.get("source", {}).get("scan_layers", True))
-    model = WavJEPA.from_config(model_config)
-    num_samples = int(config["audio"]["chunk_samples"])
-    channels = int(config["audio"]["in_channels"])
-
-    @jax.jit
-    def init(rng):
-        params = nn.meta.unbox(model.init(rng, num_samples))
-        params = {"frontend": params["frontend"], "encoder": params["encoder"]}
-        if channels != 1:  # Training is mono; a multi-channel front end takes the same key.
-            audio = jnp.zeros((1, num_samples, channels), jnp.float32)
-            params["frontend"] = nn.meta.unbox(
-                model.frontend.init(jax.random.split(rng, 3)[0], audio)["params"])
-        return params
-
+    frontend, encoder = frontend_and_encoder(
+        config["model"], scan=bool(config.get("source", {}).get("scan_layers", True)))
+    init = jax.jit(lambda rng: nn.meta.unbox(init_frontend_and_encoder(
+        frontend, encoder, rng, int(config["audio"]["chunk_samples"]),
+        int(config["audio"]["in_channels"]))))
     params = jax.device_get(init(training_init_rng(seed)))
     return {"frontend": params["frontend"], "encoder": export.stack_blocks(params["encoder"])}
 
@@ -300,16 +287,12 @@ def step0_params(config: dict, seed: int) -> dict:
 def expected_param_shapes(config: dict) -> dict[str, tuple]:
     """Every parameter an exported-encoder `config`'s architecture has, flattened as in the
     safetensors file, with its shape (traced with jax.eval_shape: nothing is computed)."""
-    model = WavJEPA.from_config(export.build_model_config(config["model"]))
-    chunk, channels = int(config["audio"]["chunk_samples"]), int(config["audio"]["in_channels"])
-    frames, width = num_frames(chunk, config["model"]["conv_layers"]), model.encoder.width
-    audio = (jax.ShapeDtypeStruct((1, chunk), jnp.float32) if channels == 1 else
-             jax.ShapeDtypeStruct((1, chunk, channels), jnp.float32))
-    rng = jax.random.PRNGKey(0)
-    shapes = nn.meta.unbox({
-        "frontend": jax.eval_shape(model.frontend.init, rng, audio)["params"],
-        "encoder": jax.eval_shape(model.encoder.init, rng, jax.ShapeDtypeStruct(
-            (1, max(frames, 1), width), jnp.float32))["params"]})
+    frontend, encoder = frontend_and_encoder(config["model"])
+    shapes = nn.meta.unbox(jax.eval_shape(
+        lambda rng: init_frontend_and_encoder(frontend, encoder, rng,
+                                              int(config["audio"]["chunk_samples"]),
+                                              int(config["audio"]["in_channels"])),
+        jax.random.PRNGKey(0)))
     return {name: tuple(leaf.shape) for name, leaf in _flat_leaves(shapes).items()}
 
 

@@ -20,7 +20,6 @@ few lines that read and write it here need only NumPy. `docs/downstream.md` docu
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import json
 import os
@@ -33,13 +32,13 @@ import warnings
 import jax
 import numpy as np
 
-from wavjepa_jax import cli, configuration
+from wavjepa_jax import cli
+from wavjepa_jax.data.audio import RMS_DBFS
 
 FORMAT = "wavjepa_jax.encoder"
 FORMAT_VERSION = 1
 WEIGHTS_FILE = "encoder.safetensors"
 CONFIG_FILE = "config.json"
-RMS_DBFS = -14.0  # The release's loudness normalisation, before chunks are standardised.
 
 # The model-config fields an encoder needs; everything else (predictor, masking) is training-only.
 ENCODER_FIELDS = ("conv_layers", "conv_norm", "encoder_width", "encoder_depth", "encoder_heads",
@@ -238,17 +237,6 @@ def encoder_model_config(model_config) -> dict:
     return model
 
 
-def build_model_config(model: dict):
-    """A full `configuration.model_config` with the exported encoder fields, for
-    `WavJEPA.from_config` (the predictor fields it also fills are never used)."""
-    config = configuration.model_config("base")
-    config.update({field: model[field] for field in ENCODER_FIELDS})
-    config.update({field: model.get(field, default)
-                   for field, default in OPTIONAL_ENCODER_FIELDS.items()})
-    config.scan_layers, config.remat = True, False
-    return config
-
-
 # --- the exported directory -------------------------------------------------------------------
 
 def save_encoder(out_dir: str, params: dict, model_config, *, sample_rate: int,
@@ -409,7 +397,7 @@ def export_run(workdir: str, out_dir: str, step: int | None = None,
 
 
 def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(
+    parser = cli.ArgumentParser(
         prog="python -m wavjepa_jax.export", description=__doc__.split("\n\n")[0],
         epilog="Load the result with wavjepa_jax.load_encoder(DIR); see docs/downstream.md.")
     parser.add_argument("--workdir", required=True,
@@ -419,7 +407,6 @@ def main(argv=None) -> None:
                         help="Checkpoint step to export (default: the latest).")
     parser.add_argument("--target", action="store_true",
                         help="Export the EMA target encoder instead of the context encoder.")
-    cli.add_debug_flag(parser)
     args = parser.parse_args(argv)
     with cli.reported_errors(args.debug):
         config = export_run(args.workdir, args.out, args.step,

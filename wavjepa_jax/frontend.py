@@ -11,12 +11,8 @@ from typing import Sequence
 import flax.linen as nn
 import jax.numpy as jnp
 
+from wavjepa_jax.layers import dense, gelu, group_norm, kaiming_normal, layer_norm, partitioned
 from wavjepa_jax.positions import sincos_embedding
-
-# PyTorch's kaiming_normal_ default (fan_in, gain sqrt(2)), not truncated.
-kaiming_normal = nn.initializers.variance_scaling(2.0, "fan_in", "normal")
-# The release's trunc_normal_(std=0.02, a=-2, b=2) truncates at +-2 absolute: a plain normal.
-trunc_normal_02 = nn.initializers.normal(0.02)
 
 
 def num_frames(num_samples: int, conv_layers: Sequence[Sequence[int]]) -> int:
@@ -34,11 +30,6 @@ def receptive_field(conv_layers: Sequence[Sequence[int]]) -> tuple[int, int]:
         field += (kernel - 1) * jump
         jump *= stride
     return field, jump
-
-
-def gelu(x):
-    """Exact (erf) GELU, as torch.nn.GELU: keeps converted release weights bit-compatible."""
-    return nn.gelu(x, approximate=False)
 
 
 class ConvFeatureStack(nn.Module):
@@ -61,18 +52,12 @@ class ConvFeatureStack(nn.Module):
             x = nn.Conv(
                 channels, (kernel,), strides=(stride,), padding="VALID", use_bias=False,
                 dtype=self.dtype,
-                kernel_init=nn.with_logical_partitioning(kaiming_normal, (None, "conv_in", "conv_out")),
+                kernel_init=partitioned(kaiming_normal, (None, "conv_in", "conv_out")),
                 name=f"conv_{i}")(x)
             if self.norm == "group" and i == 0:
-                x = nn.GroupNorm(num_groups=channels, epsilon=1e-5, dtype=jnp.float32,
-                                 scale_init=nn.with_logical_partitioning(nn.initializers.ones, ("conv_out",)),
-                                 bias_init=nn.with_logical_partitioning(nn.initializers.zeros, ("conv_out",)),
-                                 name=f"norm_{i}")(x)
+                x = group_norm(channels, 1e-5, f"norm_{i}")(x)
             elif self.norm == "layer":
-                x = nn.LayerNorm(epsilon=1e-5, dtype=jnp.float32,
-                                 scale_init=nn.with_logical_partitioning(nn.initializers.ones, ("conv_out",)),
-                                 bias_init=nn.with_logical_partitioning(nn.initializers.zeros, ("conv_out",)),
-                                 name=f"norm_{i}")(x)
+                x = layer_norm(1e-5, f"norm_{i}", axis="conv_out")(x)
             x = gelu(x).astype(self.dtype)
             # Keep the largest activations of the step sharded over the batch axes.
             x = nn.with_logical_constraint(x, ("batch", "conv_length", "conv_act"))
@@ -90,14 +75,8 @@ class FrontEnd(nn.Module):
 
     def setup(self):
         self.conv = ConvFeatureStack(self.conv_layers, self.conv_norm, self.dtype)
-        self.feature_norm = nn.LayerNorm(
-            epsilon=1e-5, dtype=jnp.float32,
-            scale_init=nn.with_logical_partitioning(nn.initializers.ones, ("conv_out",)),
-            bias_init=nn.with_logical_partitioning(nn.initializers.zeros, ("conv_out",)))
-        self.feature_projection = nn.Dense(
-            self.width, dtype=self.dtype,
-            kernel_init=nn.with_logical_partitioning(trunc_normal_02, ("conv_out", "embed")),
-            bias_init=nn.with_logical_partitioning(nn.initializers.zeros, ("embed",)))
+        self.feature_norm = layer_norm(1e-5, axis="conv_out")
+        self.feature_projection = dense(self.width, ("conv_out", "embed"), dtype=self.dtype)
 
     def __call__(self, audio: jnp.ndarray) -> jnp.ndarray:
         """audio [batch, samples] -> tokens [batch, frames, width] with positions added."""

@@ -12,15 +12,19 @@ stop-gradient), and so an exported encoder is just `frontend` + `encoder`.
 from __future__ import annotations
 
 import dataclasses
+from typing import TYPE_CHECKING, Mapping
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import ml_collections
 
-from wavjepa_jax.frontend import FrontEnd, gelu, trunc_normal_02
+from wavjepa_jax.frontend import FrontEnd
+from wavjepa_jax.layers import dense, gelu, layer_norm, partitioned
 from wavjepa_jax.positions import sincos_embedding
-from wavjepa_jax.transformer import TransformerStack, layer_norm
+from wavjepa_jax.transformer import StackConfig, TransformerStack
+
+if TYPE_CHECKING:
+    import ml_collections
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 # The release's final norms are nn.LayerNorm(width) with torch's default eps, unlike its blocks.
@@ -30,15 +34,15 @@ FINAL_NORM_EPS = 1e-5
 class Encoder(nn.Module):
     """Transformer blocks + final LayerNorm over a (possibly gathered, padded) token sequence."""
 
-    depth: int
-    width: int
-    heads: int
-    mlp: int
-    norm_first: bool = False
-    eps: float = 1e-6
-    dtype: jnp.dtype = jnp.float32
-    scan: bool = True
-    remat: bool = False
+    stack: StackConfig
+
+    @property
+    def width(self) -> int:
+        return self.stack.width
+
+    @property
+    def dtype(self):
+        return self.stack.dtype
 
     @nn.compact
     def __call__(self, tokens, valid=None, return_all_layers: bool = False):
@@ -47,8 +51,7 @@ class Encoder(nn.Module):
         Returns the final-norm output, and with return_all_layers also every block's output
         [depth, batch, n, width] taken before the final norm (what the targets are built from).
         """
-        stack = TransformerStack(self.depth, self.width, self.heads, self.mlp, self.norm_first,
-                                 self.eps, self.dtype, self.scan, self.remat, name="transformer")
+        stack = TransformerStack(self.stack, name="transformer")
         final_norm = layer_norm(FINAL_NORM_EPS, "final_norm")
         if return_all_layers:
             last, layers = stack(tokens, valid, return_all=True)
@@ -64,40 +67,31 @@ class Predictor(nn.Module):
     unpadded, and returns predictions for the mask tokens only.
     """
 
-    depth: int
-    width: int
-    heads: int
-    mlp: int
+    stack: StackConfig
     out_width: int
-    norm_first: bool = False
-    eps: float = 1e-6
-    dtype: jnp.dtype = jnp.float32
-    scan: bool = True
-    remat: bool = False
+
+    @property
+    def width(self) -> int:
+        return self.stack.width
 
     @nn.compact
     def __call__(self, context, context_pos, context_valid, target_pos, target_valid):
         """context [b, c, enc_width]; *_pos int [b, n]; *_valid bool [b, n]. -> [b, t, out_width]."""
-        dense = lambda features, axes, name: nn.Dense(  # noqa: E731
-            features, dtype=self.dtype, name=name,
-            kernel_init=nn.with_logical_partitioning(trunc_normal_02, axes),
-            bias_init=nn.with_logical_partitioning(nn.initializers.zeros, axes[1:]))
+        width, dtype = self.stack.width, self.stack.dtype
         mask_token = self.param(
-            "mask_token", nn.with_logical_partitioning(nn.initializers.normal(0.02), ("pred_embed",)),
-            (self.width,), jnp.float32)
+            "mask_token", partitioned(nn.initializers.normal(0.02), ("pred_embed",)),
+            (width,), jnp.float32)
 
-        context = dense(self.width, ("embed", "pred_embed"), "input_projection")(context)
-        context = context + sincos_embedding(context_pos, self.width).astype(context.dtype)
-        queries = jnp.broadcast_to(mask_token.astype(self.dtype), target_pos.shape + (self.width,))
-        queries = queries + sincos_embedding(target_pos, self.width).astype(self.dtype)
+        context = dense(width, ("embed", "pred_embed"), "input_projection", dtype)(context)
+        context = context + sincos_embedding(context_pos, width).astype(context.dtype)
+        queries = jnp.broadcast_to(mask_token.astype(dtype), target_pos.shape + (width,))
+        queries = queries + sincos_embedding(target_pos, width).astype(dtype)
 
         tokens = jnp.concatenate([context, queries], axis=1)
         valid = jnp.concatenate([context_valid, target_valid], axis=1)
-        tokens = TransformerStack(self.depth, self.width, self.heads, self.mlp, self.norm_first,
-                                  self.eps, self.dtype, self.scan, self.remat,
-                                  name="transformer")(tokens, valid)
+        tokens = TransformerStack(self.stack, name="transformer")(tokens, valid)
         tokens = layer_norm(FINAL_NORM_EPS, "final_norm")(tokens)[:, context.shape[1]:]
-        return dense(self.out_width, ("pred_embed", "embed"), "output_projection")(tokens)
+        return dense(self.out_width, ("pred_embed", "embed"), "output_projection", dtype)(tokens)
 
 
 class ClipHead(nn.Module):
@@ -109,9 +103,6 @@ class ClipHead(nn.Module):
 
     @nn.compact
     def __call__(self, pooled):
-        dense = lambda features, axes, name: nn.Dense(  # noqa: E731
-            features, name=name, kernel_init=nn.with_logical_partitioning(trunc_normal_02, axes),
-            bias_init=nn.with_logical_partitioning(nn.initializers.zeros, axes[1:]))
         hidden = gelu(dense(self.width, ("embed", "mlp"), "hidden")(pooled))
         return dense(self.width, ("mlp", "head_out"), "out")(hidden)
 
@@ -125,11 +116,7 @@ class SpectrogramHead(nn.Module):
 
     @nn.compact
     def __call__(self, frames):
-        return nn.Dense(self.bands, name="out",
-                        kernel_init=nn.with_logical_partitioning(trunc_normal_02,
-                                                                 ("embed", "head_out")),
-                        bias_init=nn.with_logical_partitioning(nn.initializers.zeros,
-                                                               ("head_out",)))(frames)
+        return dense(self.bands, ("embed", "head_out"), "out")(frames)
 
 
 def training_init_rng(seed: int) -> jax.Array:
@@ -150,19 +137,16 @@ class WavJEPA:
     spectrogram_head: SpectrogramHead | None = None
 
     @classmethod
-    def from_config(cls, model: ml_collections.ConfigDict) -> "WavJEPA":
+    def from_config(cls, model: "ml_collections.ConfigDict") -> "WavJEPA":
         dtype = DTYPES[model.dtype]
-        common = dict(norm_first=model.norm_first, eps=model.layer_norm_eps, dtype=dtype,
-                      scan=model.scan_layers, remat=model.remat)
+        frontend, encoder = frontend_and_encoder(model, dtype=dtype, scan=model.scan_layers,
+                                                 remat=model.remat)
+        predictor_stack = dataclasses.replace(
+            encoder.stack, depth=model.predictor_depth, width=model.predictor_width,
+            heads=model.predictor_heads, mlp=model.predictor_mlp)
         return cls(
-            frontend=FrontEnd(tuple(tuple(layer) for layer in model.conv_layers),
-                              model.encoder_width, model.conv_norm, dtype,
-                              position_scale=model.get("position_scale", 1.0)),
-            encoder=Encoder(model.encoder_depth, model.encoder_width, model.encoder_heads,
-                            model.encoder_mlp, **common),
-            predictor=Predictor(model.predictor_depth, model.predictor_width,
-                                model.predictor_heads, model.predictor_mlp,
-                                out_width=model.encoder_width, **common),
+            frontend=frontend, encoder=encoder,
+            predictor=Predictor(predictor_stack, out_width=model.encoder_width),
             clip_head=ClipHead(model.clip_projector) if model.get("clip_projector", 0) else None,
             spectrogram_head=(SpectrogramHead(model.spectrogram_bands)
                               if model.get("spectrogram_bands", 0) else None),
@@ -175,18 +159,13 @@ class WavJEPA:
 
         Use under jax.eval_shape to get shapes and logical axes without allocating anything.
         """
-        k_front, k_enc, k_pred = jax.random.split(rng, 3)
-        audio = jnp.zeros((1, num_samples), jnp.float32)
+        params = init_frontend_and_encoder(self.frontend, self.encoder, rng, num_samples)
         width = self.encoder.width
         tokens = jnp.zeros((1, num_context, width), self.encoder.dtype)
         pos_c = jnp.zeros((1, num_context), jnp.int32)
         pos_t = jnp.zeros((1, num_targets), jnp.int32)
-        params = {
-            "frontend": self.frontend.init(k_front, audio)["params"],
-            "encoder": self.encoder.init(k_enc, tokens)["params"],
-            "predictor": self.predictor.init(
-                k_pred, tokens, pos_c, pos_c >= 0, pos_t, pos_t >= 0)["params"],
-        }
+        params["predictor"] = self.predictor.init(
+            jax.random.split(rng, 3)[2], tokens, pos_c, pos_c >= 0, pos_t, pos_t >= 0)["params"]
         if self.clip_head is not None:
             params["clip_head"] = self.clip_head.init(
                 jax.random.fold_in(rng, 3), jnp.zeros((1, width), jnp.float32))["params"]
@@ -194,3 +173,30 @@ class WavJEPA:
             params["spectrogram_head"] = self.spectrogram_head.init(
                 jax.random.fold_in(rng, 4), jnp.zeros((1, 1, width), jnp.float32))["params"]
         return params
+
+
+def frontend_and_encoder(fields: Mapping, *, dtype=jnp.float32, scan: bool = True,
+                         remat: bool = False) -> tuple[FrontEnd, Encoder]:
+    """The inference half of the model from the encoder fields of a model config: a training
+    run's `config.model` or an exported encoder's `config["model"]` (export.ENCODER_FIELDS)."""
+    frontend = FrontEnd(tuple(tuple(layer) for layer in fields["conv_layers"]),
+                        fields["encoder_width"], fields["conv_norm"], dtype,
+                        position_scale=fields.get("position_scale", 1.0))
+    encoder = Encoder(StackConfig(
+        fields["encoder_depth"], fields["encoder_width"], fields["encoder_heads"],
+        fields["encoder_mlp"], norm_first=fields["norm_first"], eps=fields["layer_norm_eps"],
+        dtype=dtype, scan=scan, remat=remat))
+    return frontend, encoder
+
+
+def init_frontend_and_encoder(frontend: FrontEnd, encoder: Encoder, rng: jax.Array,
+                              num_samples: int, in_channels: int = 1) -> dict:
+    """Boxed {'frontend', 'encoder'} params exactly as `WavJEPA.init` draws them from `rng` (the
+    first two of its three keys; the third is the predictor's), so a training run's step 0 can be
+    rebuilt without the predictor. in_channels > 1: a multi-channel front end from the same key."""
+    k_front, k_enc, _ = jax.random.split(rng, 3)
+    audio = jnp.zeros((1, num_samples) + ((in_channels,) if in_channels != 1 else ()),
+                      jnp.float32)
+    tokens = jnp.zeros((1, 4, encoder.width), encoder.dtype)
+    return {"frontend": frontend.init(k_front, audio)["params"],
+            "encoder": encoder.init(k_enc, tokens)["params"]}

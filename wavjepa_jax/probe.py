@@ -414,7 +414,7 @@ def describe(args) -> str:
 
 
 def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(
+    parser = cli.ArgumentParser(
         prog="python -m wavjepa_jax.probe", description=__doc__.split("\n\n")[0],
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog="\n\n".join(__doc__.split("\n\n")[1:]))
@@ -456,7 +456,6 @@ def main(argv=None) -> None:
                         help="Clips that cannot be used (undecodable, empty, NaN) are skipped, "
                              "counted and listed in the results; more than this fraction of a "
                              "split stops the probe (default 0.1).")
-    cli.add_debug_flag(parser)
     args = parser.parse_args(argv)
     with cli.reported_errors(args.debug):
         _run(parser, args)

@@ -97,16 +97,6 @@ def batch_parallelism(mesh: Mesh) -> int:
     return math.prod(mesh.shape[axis] for axis in BATCH_AXES)
 
 
-def check_batch_divisible(config: ml_collections.ConfigDict, mesh: Mesh) -> None:
-    ways = batch_parallelism(mesh)
-    if config.batch_size % ways:
-        raise ValueError(f"batch_size={config.batch_size} is not divisible by the mesh's batch "
-                         f"axes data x fsdp = {mesh.shape['data']} x {mesh.shape['fsdp']} = {ways}")
-    if config.batch_size % jax.process_count():
-        raise ValueError(f"batch_size={config.batch_size} is not divisible by the "
-                         f"{jax.process_count()} processes")
-
-
 def logical_shardings(boxed_tree, mesh: Mesh):
     """NamedShardings for a tree of nn.LogicallyPartitioned leaves (e.g. from eval_shape(init))."""
     specs = nn.get_partition_spec(boxed_tree)

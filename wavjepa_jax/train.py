@@ -2,7 +2,11 @@ r"""WavJEPA pretraining.
 
     python -m wavjepa_jax.train --config configs/tiny.py --workdir /tmp/wavjepa_tiny
     python -m wavjepa_jax.train --config configs/base.py --workdir DIR --config.batch_size=512
-    python -m wavjepa_jax.train --config configs/base.py --workdir DIR --dry_run
+    python -m wavjepa_jax.train --config configs/base.py --workdir DIR --dry-run
+
+Multi-word flags take '-' or '_' alike (--dry-run = --dry_run); --config.FIELD overrides name
+config fields as the config spells them. A failure prints one 'error: ...' line and exits 1;
+--debug shows the traceback.
 
 The path reads top to bottom: config -> distributed start-up -> mesh -> model and abstract state
 (shapes and shardings, nothing allocated) -> jitted step -> state (restored or fresh) -> data ->
@@ -15,7 +19,6 @@ import contextlib
 import json
 import logging
 import os
-import sys
 import time
 from typing import Callable, NamedTuple
 
@@ -113,26 +116,24 @@ def build(config: ml_collections.ConfigDict, mesh) -> Training:
 
 def run(config: ml_collections.ConfigDict, workdir: str, dry_run: bool = False) -> dict:
     """Train (or, with dry_run, compile and summarise) under `config`, writing into `workdir`."""
-    configuration.validate(config)
-    configuration.check_process_split(config, jax.process_count())
+    mesh = sharding.make_mesh(config)
+    configuration.validate(config, mesh, jax.process_count())
     distributed.check_same_config(config)
     if "://" not in workdir:
         workdir = os.path.abspath(workdir)  # Orbax needs absolute paths; buckets already are.
-    mesh = sharding.make_mesh(config)
-    sharding.check_batch_divisible(config, mesh)
     is_chief = jax.process_index() == 0
     if is_chief:
         epath.Path(workdir).mkdir(parents=True, exist_ok=True)
     log.info("mesh %s over %d devices, %d processes", dict(mesh.shape), jax.device_count(),
              jax.process_count())
 
-    model, optimizer, shardings, abstract_state, train_step = build(config, mesh)
+    training = build(config, mesh)
 
     with jax.set_mesh(mesh), nn.logical_axis_rules(sharding.LOGICAL_RULES):
         if dry_run:
-            return _dry_run(config, workdir, mesh, train_step, abstract_state, is_chief)
-        return _train_loop(config, workdir, mesh, model, optimizer, shardings, abstract_state,
-                           train_step, is_chief)
+            return _dry_run(config, workdir, mesh, training.train_step, training.abstract_state,
+                            is_chief)
+        return _train_loop(config, workdir, mesh, training, is_chief)
 
 
 def _compile(train_step, abstract_state, config, mesh):
@@ -162,8 +163,7 @@ def _dry_run(config, workdir, mesh, train_step, abstract_state, is_chief) -> dic
     return summary
 
 
-def _train_loop(config, workdir, mesh, model, optimizer, shardings, abstract_state, train_step,
-                is_chief):
+def _train_loop(config, workdir, mesh, training: Training, is_chief):
     """Resume (or start), then step to total_steps: metrics, skipped steps, checkpoints.
 
     SIGTERM (or a preemption notice) saves the step just taken and returns normally.
@@ -179,11 +179,12 @@ def _train_loop(config, workdir, mesh, model, optimizer, shardings, abstract_sta
     with (checkpoint.StopSignal() as stop,
           checkpoint.Checkpointer(workdir, config) as checkpoints,
           contextlib.closing(MetricWriter(workdir, enabled=is_chief)) as writer):
-        state = checkpoints.restore_latest(checkpoint.with_shardings(abstract_state, shardings),
-                                           data_iter)
+        state = checkpoints.restore_latest(
+            checkpoint.with_shardings(training.abstract_state, training.shardings), data_iter)
         if state is None:
             log.info("starting fresh: no checkpoint in %s", checkpoints.directory)
-            state = create_train_state(model, config, optimizer, shardings)
+            state = create_train_state(training.model, config, training.optimizer,
+                                       training.shardings)
         else:
             log.info("resumed from step %d", int(state.step))
         first_step = int(state.step)
@@ -200,7 +201,7 @@ def _train_loop(config, workdir, mesh, model, optimizer, shardings, abstract_sta
         for step in range(first_step, config.total_steps):
             batch = next(data_iter)
             skipped_files += int(batch.get("skipped_files", 0))
-            state, metrics = train_step(state, global_batch(batch["audio"], mesh))
+            state, metrics = training.train_step(state, global_batch(batch["audio"], mesh))
             done = step + 1
             if previous is not None:
                 # The previous step is finished by now: reading its counters does not stall the
@@ -273,6 +274,7 @@ def parse_flags(argv: list[str]) -> list[str]:
     """absl's flag parsing, with a bad flag, an unknown --config.* key or a config file that
     does not load reported as one `error:` line (the traceback with --debug)."""
     from absl import flags
+    argv = argv[:1] + cli.normalise_flags(argv[1:], "_")
     try:
         rest = flags.FLAGS(argv)
         flags.FLAGS.config.keys()  # A config file that fails to load fails here.
@@ -317,4 +319,3 @@ if __name__ == "__main__":
     from absl import app
     define_flags()
     app.run(main, flags_parser=parse_flags)
-    sys.exit(0)

@@ -81,56 +81,40 @@ def shard_map_ema_update(mesh, target_shardings):
     return update
 
 
-def abstract_boxed_params(model: WavJEPA, config: ml_collections.ConfigDict):
-    """Shapes and logical axes of the params, without allocating them."""
-    return jax.eval_shape(lambda rng: model.init(rng, config.data.crop_samples),
-                          jax.random.PRNGKey(0))
+def initial_state(model: WavJEPA, config: ml_collections.ConfigDict,
+                  optimizer: optax.GradientTransformation) -> TrainState:
+    """The one definition of a run's step-0 state. Every param-shaped leaf (the params, their EMA
+    copies, the optimiser's moments) keeps the logical axis names of `model.init`'s boxes, so
+    the same function gives the shardings (traced under eval_shape) and the state itself."""
+    params = model.init(training_init_rng(config.seed), config.data.crop_samples)
+    copy = lambda tree: jax.tree.map(jnp.copy, tree)  # noqa: E731
+    return TrainState(
+        step=jnp.int32(0), params=params, target_params=copy(params["encoder"]),
+        target_frontend=copy(params["frontend"]) if config.model.target_frontend == "ema" else {},
+        opt_state=optimizer.init(params),
+        rng=jax.random.fold_in(jax.random.PRNGKey(config.seed), 1),
+        bad_steps=jnp.int32(0), skipped_steps=jnp.int32(0))
 
 
 def strip_axis_metadata(boxed_tree):
     """The values inside nn.LogicallyPartitioned boxes, without applying sharding constraints
     (so it also works eagerly on abstract values while a mesh is set)."""
-    return jax.tree.map(lambda x: x.unbox(apply_constraint=False), boxed_tree,
-                        is_leaf=lambda x: isinstance(x, nn.Partitioned))
+    boxed = lambda x: isinstance(x, nn.Partitioned)  # noqa: E731
+    return jax.tree.map(lambda x: x.unbox(apply_constraint=False) if boxed(x) else x, boxed_tree,
+                        is_leaf=boxed)
 
 
 def state_shardings(model: WavJEPA, config, mesh, optimizer):
-    """NamedShardings of every TrainState leaf, and the abstract (unboxed) state."""
-    boxed = abstract_boxed_params(model, config)
-    param_shardings = sharding.logical_shardings(boxed, mesh)
-    abstract_params = strip_axis_metadata(boxed)
-    sharding.check_divisible_params(abstract_params, param_shardings)
-    abstract_opt = jax.eval_shape(optimizer.init, abstract_params)
-    opt_shardings = optax.tree_map_params(
-        optimizer, lambda _, s: s, abstract_opt, param_shardings,
-        transform_non_params=lambda _: sharding.replicated(mesh))
-    scalar = sharding.replicated(mesh)
-    ema_frontend = config.model.target_frontend == "ema"
-    shardings = TrainState(
-        step=scalar, params=param_shardings, target_params=param_shardings["encoder"],
-        target_frontend=param_shardings["frontend"] if ema_frontend else {},
-        opt_state=opt_shardings, rng=scalar, bad_steps=scalar, skipped_steps=scalar)
-    abstract = TrainState(
-        step=jax.ShapeDtypeStruct((), jnp.int32), params=abstract_params,
-        target_params=abstract_params["encoder"],
-        target_frontend=abstract_params["frontend"] if ema_frontend else {},
-        opt_state=abstract_opt,
-        rng=jax.ShapeDtypeStruct((2,), jnp.uint32),
-        bad_steps=jax.ShapeDtypeStruct((), jnp.int32),
-        skipped_steps=jax.ShapeDtypeStruct((), jnp.int32))
+    """NamedShardings of every TrainState leaf (unannotated leaves replicated), and the abstract
+    (unboxed) state: both from `initial_state` under eval_shape, nothing allocated."""
+    boxed = jax.eval_shape(lambda: initial_state(model, config, optimizer))
+    shardings = sharding.logical_shardings(boxed, mesh)
+    abstract = strip_axis_metadata(boxed)
+    sharding.check_divisible_params(abstract.params, shardings.params)
     return shardings, abstract
 
 
 def create_train_state(model: WavJEPA, config, optimizer, shardings) -> TrainState:
-    """Initialise params directly into their shardings (no host copy of the full model)."""
-    def init(seed):
-        rng = jax.random.PRNGKey(seed)
-        params = nn.meta.unbox(model.init(training_init_rng(seed), config.data.crop_samples))
-        return TrainState(
-            step=jnp.int32(0), params=params,
-            target_params=jax.tree.map(jnp.copy, params["encoder"]),
-            target_frontend=(jax.tree.map(jnp.copy, params["frontend"])
-                             if config.model.target_frontend == "ema" else {}),
-            opt_state=optimizer.init(params), rng=jax.random.fold_in(rng, 1),
-            bad_steps=jnp.int32(0), skipped_steps=jnp.int32(0))
-    return jax.jit(init, static_argnums=0, out_shardings=shardings)(config.seed)
+    """`initial_state`, computed directly into its shardings (no host copy of the full model)."""
+    init = lambda: strip_axis_metadata(initial_state(model, config, optimizer))  # noqa: E731
+    return jax.jit(init, out_shardings=shardings)()

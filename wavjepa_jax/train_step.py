@@ -41,10 +41,10 @@ def collapse_monitors(outputs: objective.LossOutputs, masks: masking.Masks) -> d
 
 
 def fault_injection(config: ml_collections.ConfigDict):
-    """Test-only: config.debug_nan_steps = "a-b" makes the loss NaN at steps a..b (inclusive)."""
-    if not config.debug_nan_steps:
+    """Test-only: config.debug.nan_steps = "a-b" makes the loss NaN at steps a..b (inclusive)."""
+    if not config.debug.nan_steps:
         return None
-    first, _, last = str(config.debug_nan_steps).partition("-")
+    first, _, last = str(config.debug.nan_steps).partition("-")
     return int(first), int(last or first)
 
 

@@ -8,21 +8,20 @@ Python loop, optionally rematerialised, and can return every block's output.
 
 from __future__ import annotations
 
+import dataclasses
+from typing import Any
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from wavjepa_jax.frontend import gelu, trunc_normal_02
+from wavjepa_jax.layers import dense, gelu, layer_norm, partitioned, trunc_normal_02
 
 # torch's xavier_uniform_ on the fused in_proj_weight [3 * width, width]: bound
 # sqrt(6 / (width + 3 * width)). Our q/k/v kernels are [width, heads, head_dim] each, so the
 # fans are taken over (embed) and (heads, head_dim), with the scale that gives the same bound.
 xavier_uniform = nn.initializers.variance_scaling(0.5, "fan_avg", "uniform", in_axis=0,
                                                   out_axis=(1, 2))
-
-
-def _partitioned(init, axes):
-    return nn.with_logical_partitioning(init, axes)
 
 
 class SelfAttention(nn.Module):
@@ -42,8 +41,8 @@ class SelfAttention(nn.Module):
         in_shape, in_axes = (self.width, self.heads, head_dim), ("embed", "heads", "kv")
 
         def project(name):
-            kernel = self.param(f"{name}_kernel", _partitioned(xavier_uniform, in_axes), in_shape)
-            bias = self.param(f"{name}_bias", _partitioned(nn.initializers.zeros, in_axes[1:]),
+            kernel = self.param(f"{name}_kernel", partitioned(xavier_uniform, in_axes), in_shape)
+            bias = self.param(f"{name}_bias", partitioned(nn.initializers.zeros, in_axes[1:]),
                               in_shape[1:])
             return (jnp.einsum("bld,dhk->blhk", x, kernel.astype(self.dtype))
                     + bias.astype(self.dtype))
@@ -52,9 +51,9 @@ class SelfAttention(nn.Module):
         mask = None if key_valid is None else key_valid[:, None, None, :]
         attended = jax.nn.dot_product_attention(query, key, value, mask=mask)
         attended = nn.with_logical_constraint(attended, ("batch", "length", "act_heads", "act_kv"))
-        out_kernel = self.param("out_kernel", _partitioned(trunc_normal_02, ("heads", "kv", "embed")),
+        out_kernel = self.param("out_kernel", partitioned(trunc_normal_02, ("heads", "kv", "embed")),
                                 (self.heads, head_dim, self.width))
-        out_bias = self.param("out_bias", _partitioned(nn.initializers.zeros, ("embed",)),
+        out_bias = self.param("out_bias", partitioned(nn.initializers.zeros, ("embed",)),
                               (self.width,))
         return (jnp.einsum("blhk,hkd->bld", attended, out_kernel.astype(self.dtype))
                 + out_bias.astype(self.dtype))
@@ -67,19 +66,9 @@ class MLP(nn.Module):
 
     @nn.compact
     def __call__(self, x):
-        x = nn.Dense(self.hidden, dtype=self.dtype, name="fc1",
-                     kernel_init=_partitioned(trunc_normal_02, ("embed", "mlp")),
-                     bias_init=_partitioned(nn.initializers.zeros, ("mlp",)))(x)
+        x = dense(self.hidden, ("embed", "mlp"), "fc1", self.dtype)(x)
         x = nn.with_logical_constraint(gelu(x), ("batch", "length", "act_mlp"))
-        return nn.Dense(self.width, dtype=self.dtype, name="fc2",
-                        kernel_init=_partitioned(trunc_normal_02, ("mlp", "embed")),
-                        bias_init=_partitioned(nn.initializers.zeros, ("embed",)))(x)
-
-
-def layer_norm(eps: float, name: str) -> nn.LayerNorm:
-    return nn.LayerNorm(epsilon=eps, dtype=jnp.float32, name=name,
-                        scale_init=_partitioned(nn.initializers.ones, ("embed",)),
-                        bias_init=_partitioned(nn.initializers.zeros, ("embed",)))
+        return dense(self.width, ("mlp", "embed"), "fc2", self.dtype)(x)
 
 
 class TransformerBlock(nn.Module):
@@ -115,9 +104,10 @@ class _ScannedBlock(TransformerBlock):
         return x, (x if self.emit_outputs else None)
 
 
-class TransformerStack(nn.Module):
-    """`depth` blocks. Returns the last output, and with return_all=True also every block's
-    output stacked as [depth, batch, length, width] (before any final norm)."""
+@dataclasses.dataclass(frozen=True)
+class StackConfig:
+    """One stack of blocks: its shape, where its norms sit, its compute dtype (params stay
+    float32) and how it compiles (nn.scan over blocks, rematerialised in the backward pass)."""
 
     depth: int
     width: int
@@ -125,27 +115,35 @@ class TransformerStack(nn.Module):
     mlp: int
     norm_first: bool = False
     eps: float = 1e-6
-    dtype: jnp.dtype = jnp.float32
+    dtype: Any = jnp.float32
     scan: bool = True
     remat: bool = False
 
+
+class TransformerStack(nn.Module):
+    """`config.depth` blocks. Returns the last output, and with return_all=True also every block's
+    output stacked as [depth, batch, length, width] (before any final norm)."""
+
+    config: StackConfig
+
     @nn.compact
     def __call__(self, x, key_valid=None, return_all: bool = False):
-        x = x.astype(self.dtype)
-        block_cls = _ScannedBlock if self.scan else TransformerBlock
-        if self.remat:
-            block_cls = nn.remat(block_cls, prevent_cse=not self.scan)
-        kwargs = dict(width=self.width, heads=self.heads, mlp=self.mlp,
-                      norm_first=self.norm_first, eps=self.eps, dtype=self.dtype)
-        if self.scan:
+        config = self.config
+        x = x.astype(config.dtype)
+        block_cls = _ScannedBlock if config.scan else TransformerBlock
+        if config.remat:
+            block_cls = nn.remat(block_cls, prevent_cse=not config.scan)
+        kwargs = dict(width=config.width, heads=config.heads, mlp=config.mlp,
+                      norm_first=config.norm_first, eps=config.eps, dtype=config.dtype)
+        if config.scan:
             scanned = nn.scan(
                 block_cls, variable_axes={"params": 0}, split_rngs={"params": True},
-                in_axes=(nn.broadcast,), length=self.depth,
+                in_axes=(nn.broadcast,), length=config.depth,
                 metadata_params={nn.PARTITION_NAME: "layers"})
             x, outputs = scanned(**kwargs, emit_outputs=return_all, name="blocks")(x, key_valid)
         else:
             outputs = []
-            for i in range(self.depth):
+            for i in range(config.depth):
                 x = block_cls(**kwargs, name=f"block_{i}")(x, key_valid)
                 outputs.append(x)
             outputs = jnp.stack(outputs) if return_all else None

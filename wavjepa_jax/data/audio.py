@@ -113,6 +113,11 @@ def resample(audio: np.ndarray, from_rate: int, to_rate: int) -> np.ndarray:
     return np.ascontiguousarray(resampled.T, dtype=np.float32)
 
 
+# The release's loudness normalisation of every clip (training crops and downstream audio alike),
+# before chunks are standardised. The one home of the default: configs and exports read it here.
+RMS_DBFS = -14.0
+
+
 def rms_normalise(audio: np.ndarray, dbfs: float) -> np.ndarray:
     """Scale so the RMS over all channels is `dbfs` dB relative to full scale (the release: -14)."""
     gain = 10.0 ** (dbfs / 20.0) / max(rms(audio), SILENCE_RMS)
@@ -120,6 +125,11 @@ def rms_normalise(audio: np.ndarray, dbfs: float) -> np.ndarray:
 
 
 SHORT_CLIP_MODES = ("pad_crop", "pad_clip", "loop")
+
+
+def check_short_clip_mode(short_clip: str) -> None:
+    if short_clip not in SHORT_CLIP_MODES:
+        raise ValueError(f"data.short_clip={short_clip!r} must be one of {SHORT_CLIP_MODES}")
 
 
 class TooShort(BadAudio):
@@ -138,8 +148,7 @@ def fit_length(audio: np.ndarray, num_samples: int, short_clip: str, crop_sample
     "loop": repeat the clip up to `num_samples`.
     """
     length = audio.shape[1]
-    if short_clip not in SHORT_CLIP_MODES:
-        raise ValueError(f"data.short_clip={short_clip!r} must be one of {SHORT_CLIP_MODES}")
+    check_short_clip_mode(short_clip)
     if length >= num_samples:
         return audio[:, :num_samples]
     if short_clip == "loop":

@@ -30,6 +30,7 @@ import ml_collections
 import numpy as np
 from absl import flags
 
+from wavjepa_jax import configuration
 from wavjepa_jax.data import audio, sources
 
 log = logging.getLogger(__name__)
@@ -122,34 +123,8 @@ def flatten_crops(batch: dict) -> dict:
 
 def local_crops(config: ml_collections.ConfigDict, process_count: int) -> int:
     """Crops per batch on one host; ValueError naming the fields when they do not divide."""
-    if config.batch_size % process_count:
-        raise ValueError(f"batch_size={config.batch_size} is not divisible by the "
-                         f"process count {process_count}")
-    crops = config.batch_size // process_count
-    if crops % config.data.crops_per_clip:
-        raise ValueError(f"batch_size={config.batch_size} / {process_count} processes = {crops} "
-                         f"crops per host is not divisible by "
-                         f"data.crops_per_clip={config.data.crops_per_clip}")
-    return crops
-
-
-def check_data_config(data: ml_collections.ConfigDict) -> None:
-    """ValueError, naming the field, for `config.data` settings that cannot work."""
-    if data.short_clip not in audio.SHORT_CLIP_MODES:
-        raise ValueError(f"data.short_clip={data.short_clip!r} must be one of "
-                         f"{audio.SHORT_CLIP_MODES}")
-    if not 0.0 <= data.min_crop_audio <= 1.0:
-        raise ValueError(f"data.min_crop_audio={data.min_crop_audio} must be in [0, 1]")
-    if round(data.clip_seconds * data.sample_rate) < data.crop_samples:
-        raise ValueError(f"data.clip_seconds={data.clip_seconds} at data.sample_rate="
-                         f"{data.sample_rate} is shorter than "
-                         f"data.crop_samples={data.crop_samples}")
-    for field in ("crops_per_clip", "crop_samples", "sample_rate", "prefetch",
-                  "max_consecutive_skips") + (("channels",) if data.keep_channels else ()):
-        if data[field] < 1:
-            raise ValueError(f"data.{field}={data[field]} must be positive")
-    if data.num_workers < 0:
-        raise ValueError(f"data.num_workers={data.num_workers} must be >= 0")
+    configuration.check_process_split(config, process_count)
+    return config.batch_size // process_count
 
 
 def clip_to_crops(data: ml_collections.ConfigDict, source: sources.ClipSource) -> ClipToCrops:
@@ -175,7 +150,7 @@ def make_train_dataset(config: ml_collections.ConfigDict, process_index: int = 0
                        process_count: int = 1) -> grain.IterDataset:
     """This host's batches: {"audio": float32 [local_crops, (channels,) crop_samples],
     "skipped_files": int64 scalar}. See the module docstring for the stages."""
-    check_data_config(config.data)
+    configuration.validate_data(config.data)
     clips_per_batch = local_crops(config, process_count) // config.data.crops_per_clip
     clips = clip_dataset(config, sources.make_source(config.data), process_index, process_count)
     batches = CountSkippedClips(

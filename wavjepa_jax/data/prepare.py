@@ -25,6 +25,7 @@ import soundfile
 import tqdm
 from array_record.python.array_record_module import ArrayRecordWriter
 
+from wavjepa_jax import cli
 from wavjepa_jax.data import audio, records, sources
 
 WRITER_OPTIONS = "group_size:1,uncompressed"   # One record per chunk: cheap random access; FLAC
@@ -151,7 +152,7 @@ def print_report(report: Report, output: str) -> None:
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
+    parser = cli.ArgumentParser(
         prog="python -m wavjepa_jax.data.prepare",
         description="Pack audio files into ArrayRecord shards (FLAC records plus metadata) for "
                     "training with --config.data.source=arrayrecord --config.data.path=OUTPUT.")
@@ -161,23 +162,25 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--shards", type=int, required=True, help="number of shards")
     parser.add_argument("--workers", type=int, default=os.cpu_count(),
                         help="encoding processes (default: all cores)")
-    parser.add_argument("--sample_rate", type=int, default=16_000,
+    parser.add_argument("--sample-rate", type=int, default=16_000,
                         help="resample to this rate; 0 keeps each file's rate (default 16000)")
     return parser.parse_args(argv)
 
 
 def main(argv: list[str] | None = None) -> Report:
     args = parse_args(argv)
-    if args.shards < 1 or args.workers < 1:
-        raise SystemExit("--shards and --workers must be positive")
-    if not os.path.exists(args.input):
-        raise SystemExit(f"--input {args.input} does not exist")
-    inputs = sources.list_inputs(args.input)
-    if not inputs:
-        raise SystemExit(f"--input {args.input} holds no audio files")
-    report = prepare(inputs, args.output, args.shards, args.workers, args.sample_rate)
-    print_report(report, args.output)
-    return report
+    with cli.reported_errors(args.debug):
+        if args.shards < 1 or args.workers < 1:
+            raise ValueError(f"--shards={args.shards} and --workers={args.workers} must be "
+                             "positive")
+        if not os.path.exists(args.input):
+            raise FileNotFoundError(f"--input {args.input} does not exist")
+        inputs = sources.list_inputs(args.input)
+        if not inputs:
+            raise ValueError(f"--input {args.input} holds no audio files")
+        report = prepare(inputs, args.output, args.shards, args.workers, args.sample_rate)
+        print_report(report, args.output)
+        return report
 
 
 if __name__ == "__main__":
