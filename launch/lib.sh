@@ -1,10 +1,10 @@
 # shellcheck shell=bash
-# Helpers shared by launch/tpu_pod.sh and launch/local_multiprocess.sh (sourced, not run).
-# launch/slurm_gpu.sbatch keeps its own copy: sbatch runs a spooled copy of the script, where
-# this file is not next to it.
+# Helpers shared by the launchers (sourced, not run): launch/tpu_pod.sh,
+# launch/local_multiprocess.sh and launch/slurm_gpu.sbatch.
 
-# Stop with "<launcher>: MESSAGE" on stderr (exit 2: a usage or set-up error).
-die() { printf '%s: %s\n' "$(basename "$0")" "$*" >&2; exit 2; }
+# Stop with "<launcher>: MESSAGE" on stderr (exit 2: a usage or set-up error). LAUNCHER names
+# the script where $0 does not (sbatch runs a spooled copy).
+die() { printf '%s: %s\n' "${LAUNCHER:-$(basename "$0")}" "$*" >&2; exit 2; }
 
 # Show a command, then run it unless this is a dry run (DRY_RUN=1).
 run() {

@@ -308,6 +308,30 @@ def test_slurm_outside_a_job_needs_dry_run(stubs):
     assert result.returncode != 0 and "sbatch" in result.stderr
 
 
+def test_slurm_spooled_copy_finds_the_shared_helpers_in_the_submission_directory(stubs,
+                                                                                  tmp_path):
+    """sbatch runs a copy of the script from its spool directory: launch/lib.sh is then read from
+    the submission directory (or --repo), and its absence is one clear line."""
+    spool = tmp_path / "spool"
+    spool.mkdir()
+    shutil.copy(LAUNCH / "slurm_gpu.sbatch", spool / "slurm_script")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SLURM_")}
+    env["PATH"] = f"{stubs[0]}{os.pathsep}{env['PATH']}"
+    args = ["bash", str(spool / "slurm_script"), "--dry-run", "--workdir", "/shared/r"]
+    ok = subprocess.run(args, cwd=REPO, env={**env, "SLURM_SUBMIT_DIR": str(REPO)},
+                        capture_output=True, text=True, timeout=60)
+    assert any("wavjepa_jax.train" in c for c in _commands(ok))
+    lost = subprocess.run(args, cwd=tmp_path, env={**env, "SLURM_SUBMIT_DIR": str(tmp_path)},
+                          capture_output=True, text=True, timeout=60)
+    assert lost.returncode == 2
+    assert lost.stderr.strip() == (f"slurm_gpu.sbatch: no launch/lib.sh in {tmp_path}: submit "
+                                   "from the repository root or pass --repo DIR")
+    via_repo = subprocess.run(args + ["--repo", str(REPO)], cwd=tmp_path,
+                              env={**env, "SLURM_SUBMIT_DIR": str(tmp_path)},
+                              capture_output=True, text=True, timeout=60)
+    assert any("wavjepa_jax.train" in c for c in _commands(via_repo))
+
+
 # --- Local multi-process ------------------------------------------------------------------------
 
 def test_local_dry_run_starts_n_processes(stubs, tmp_path):
