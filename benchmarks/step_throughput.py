@@ -6,7 +6,7 @@ r"""Training-step throughput: the step exactly as `train.py` builds it, timed on
 
 Prints one table: device, crops per step, compile time, step time (median of --steps timed steps
 after --warmup), audio-s/s, FLOPs per crop (XLA's count of the step with its layers unrolled, as
-`train --dry_run`), achieved TFLOP/s, MFU against the peak (--peak-tflops, or the dense bf16 peak
+`train --dry-run`), achieved TFLOP/s, MFU against the peak (--peak-tflops, or the dense bf16 peak
 of a known device), and the compiled step's memory per device. `--profile DIR` adds a
 jax.profiler trace of a few steps and a second table: device time per step by model component
 (the named scopes of the step: masking, augment, frontend, context_encoder, predictor,
