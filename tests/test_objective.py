@@ -199,6 +199,20 @@ def test_clip_term_adds_to_the_loss_on_pooled_context_outputs(setup):
         float(plain.loss) + 0.5 * float(expected), rel=1e-5)
 
 
+def test_clip_term_on_the_first_channels_leaves_the_others_to_the_frame_terms(setup):
+    model, config, params, target, masks, audio = setup
+    kwargs = dict(top_k=2, target_norm="example", crops_per_clip=2, clip_weight=1.0)
+    out = objective.wavjepa_loss(model, params, target, audio, masks, clip_channels=16, **kwargs)
+    embeddings = objective.pooled(out.context_features[..., :16], masks.context_valid)
+    assert float(out.clip_loss) == pytest.approx(
+        float(objective.clip_contrastive(embeddings, 2, 0.1)), rel=1e-5)
+    # Only the first 16 output channels receive the clip term's gradient.
+    clip_of = lambda c: objective.clip_loss(c, masks.context_valid, 2, "contrastive", 0.1,  # noqa
+                                            channels=16)
+    grad = jax.grad(clip_of)(out.context_features)
+    assert float(jnp.abs(grad[..., :16]).max()) > 0 and float(jnp.abs(grad[..., 16:]).max()) == 0
+
+
 def test_noisy_context_audio_keeps_the_targets_clean(setup):
     model, config, params, target, masks, audio = setup
     kwargs = dict(top_k=2, target_norm="example")

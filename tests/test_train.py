@@ -208,6 +208,18 @@ def test_spectrogram_term_configs_that_cannot_work_are_refused(change, message):
         configuration.validate_spectrogram_term(config, total_stride=80)
 
 
+def test_clip_channels_must_fit_the_encoder_and_not_meet_a_projector():
+    config = tiny_config()
+    config.loss.clip_weight, config.data.crops_per_clip = 1.0, 2
+    config.loss.clip_channels = config.model.encoder_width + 1
+    with pytest.raises(ValueError, match=r"loss\.clip_channels=65 must be in \[0, "
+                                         r"model\.encoder_width=64\]"):
+        configuration.validate(config)
+    config.loss.clip_channels, config.model.clip_projector = 32, 16
+    with pytest.raises(ValueError, match=r"model\.clip_projector=16 .* set one or the other"):
+        configuration.validate(config)
+
+
 def test_unknown_override_key_stops_at_start_up(tmp_path):
     result = cli("--config", "configs/tiny.py", "--workdir", str(tmp_path),
                  "--config.no_such_leaf=3")

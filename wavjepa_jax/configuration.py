@@ -163,6 +163,7 @@ def default_config() -> ml_collections.ConfigDict:
     config.loss = ml_collections.ConfigDict(dict(
         variance_weight=0.0, covariance_weight=0.0,
         clip_weight=0.0, clip_objective="contrastive", clip_temperature=0.1,
+        clip_channels=0,           # > 0: the clip term sees only the first N output channels.
         spectrogram_weight=0.0))
 
     # Noise on the context branch's input only (prob 0: off, the release); targets stay clean.
@@ -247,6 +248,13 @@ def validate(config: ml_collections.ConfigDict, mesh=None, process_count: int = 
                              "use 2 or more")
         if config.loss.clip_temperature <= 0:
             raise ValueError(f"loss.clip_temperature={config.loss.clip_temperature} must be > 0")
+        if not 0 <= config.loss.clip_channels <= model.encoder_width:
+            raise ValueError(f"loss.clip_channels={config.loss.clip_channels} must be in "
+                             f"[0, model.encoder_width={model.encoder_width}]")
+    if model.get("clip_projector", 0) and config.loss.get("clip_channels", 0):
+        raise ValueError(f"model.clip_projector={model.clip_projector} reads all encoder channels; "
+                         f"loss.clip_channels={config.loss.clip_channels} limits the clip term to "
+                         "some: set one or the other")
     if model.get("clip_projector", 0) and not config.loss.clip_weight:
         raise ValueError(f"model.clip_projector={model.clip_projector} is the clip-level term's "
                          "head, but loss.clip_weight=0: set both or neither")

@@ -16,7 +16,8 @@ Options beyond the release (each off by default, see README "Does it learn?"):
   clip_weight             a clip-level term on the pooled context outputs of the crops that
                           share a clip ("contrastive": crops of one clip are each other's
                           positives, the batch's other crops the negatives; "vicreg":
-                          invariance + variance + covariance across clips)
+                          invariance + variance + covariance across clips), on all output
+                          channels or only the first `clip_channels`
   spectrogram_weight      a linear head on each context-encoder output frame regresses the
                           standardised log-mel of the clean audio at that frame (what a JEPA's
                           latent targets let the encoder drop: pitch, phonetic detail)
@@ -140,9 +141,12 @@ def clip_vicreg(embeddings: jax.Array, crops_per_clip: int) -> jax.Array:
 
 
 def clip_loss(context: jax.Array, valid: jax.Array, crops_per_clip: int, kind: str,
-              temperature: float, head=None) -> jax.Array:
+              temperature: float, head=None, channels: int = 0) -> jax.Array:
     """The clip-level term on the mean-pooled context outputs of every crop, after `head`
-    (a function of the pooled embeddings) when given."""
+    (a function of the pooled embeddings) when given. channels > 0: on the first `channels`
+    output channels only, so the others are shaped by the frame-level terms alone."""
+    if channels:
+        context = context[..., :channels]
     embeddings = pooled(context, valid)
     if head is not None:
         embeddings = head(embeddings)
@@ -213,7 +217,7 @@ def wavjepa_loss(model: WavJEPA, params, target_params, audio, masks: Masks, *,
                  target_centering: str = "none", variance_weight: float = 0.0,
                  covariance_weight: float = 0.0, clip_weight: float = 0.0,
                  clip_objective: str = "contrastive", clip_temperature: float = 0.1,
-                 crops_per_clip: int = 1, spectrogram_weight: float = 0.0,
+                 clip_channels: int = 0, crops_per_clip: int = 1, spectrogram_weight: float = 0.0,
                  context_audio=None) -> LossOutputs:
     """The training loss for a batch of crops `audio` [batch, samples] and their masks.
 
@@ -252,7 +256,7 @@ def wavjepa_loss(model: WavJEPA, params, target_params, audio, masks: Masks, *,
         head = None if "clip_head" not in params else (
             lambda x: model.clip_head.apply({"params": params["clip_head"]}, x))
         clip = (clip_loss(context, masks.context_valid, crops_per_clip, clip_objective,
-                          clip_temperature, head) if clip_weight else 0.0)
+                          clip_temperature, head, clip_channels) if clip_weight else 0.0)
         spectrogram = (context_spectrogram_loss(model, params, audio, context, masks,
                                                 tokens.shape[1]) if spectrogram_weight else 0.0)
         loss = (predicted + variance_weight * variance + covariance_weight * covariance
