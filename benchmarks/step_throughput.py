@@ -11,6 +11,9 @@ of a known device), and the compiled step's memory per device. `--profile DIR` a
 jax.profiler trace of a few steps and a second table: device time per step by model component
 (the named scopes of the step: masking, augment, frontend, context_encoder, predictor,
 target_encoder, loss, optimizer, ema; forward vs backward) and the top kernels.
+`--max-batch` adds the largest batch whose compiled step fits the device's memory (compiles only:
+doubling, then bisection in steps of what the mesh and data.crops_per_clip allow; the budget is the
+device's own limit or --memory-gib).
 Anything after `--` overrides the config as on the training command line.
 """
 
@@ -18,6 +21,7 @@ from __future__ import annotations
 
 import collections
 import glob
+import math
 import os
 import re
 import statistics
@@ -58,6 +62,47 @@ def unrolled_flops_per_crop(config, mesh) -> float | None:
     built = train.build(unrolled, mesh)
     compiled = train._compile(built.train_step, built.abstract_state, unrolled, mesh)
     return train.compiled_summary(compiled, unrolled, built.abstract_state)["flops_per_crop"]
+
+
+def compiled_memory(config, mesh, batch_size: int) -> int:
+    """Bytes per device of the compiled step at `batch_size` (XLA's buffer assignment)."""
+    trial = ml_collections.ConfigDict(config.to_dict())
+    trial.batch_size = batch_size
+    built = train.build(trial, mesh)
+    compiled = train._compile(built.train_step, built.abstract_state, trial, mesh)
+    return train.compiled_summary(compiled, trial, built.abstract_state)["memory_per_device_bytes"]
+
+
+def batch_unit(config, mesh) -> int:
+    """The smallest batch step: every batch must split over the mesh's batch axes, the processes
+    and whole clips of data.crops_per_clip crops."""
+    ways = sharding.batch_parallelism(mesh) * jax.process_count()
+    return math.lcm(ways, jax.process_count() * config.data.crops_per_clip)
+
+
+def largest_batch(memory_of, unit: int, budget: int, start: int) -> tuple[int, dict[int, int]]:
+    """The largest multiple of `unit` whose memory_of(batch) <= budget (0 if not even `unit`
+    fits), assuming memory grows with the batch; and every memory measured, by batch."""
+    measured: dict[int, int] = {}
+
+    def fits(batch):
+        measured[batch] = memory_of(batch)
+        return measured[batch] <= budget
+
+    low, high = 0, max(unit, start // unit * unit)
+    while fits(high):                       # Double until it does not fit...
+        low, high = high, 2 * high
+    while high - low > unit:                # ...then bisect between the last fit and the miss.
+        middle = (low + high) // 2 // unit * unit
+        low, high = (middle, high) if fits(middle) else (low, middle)
+    return low, measured
+
+
+def device_memory_bytes(given_gib: float | None) -> int | None:
+    if given_gib:
+        return int(given_gib * 2**30)
+    stats = jax.devices()[0].memory_stats() or {}
+    return stats.get("bytes_limit")
 
 
 def time_steps(step, state, audio, warmup: int, steps: int):
@@ -144,12 +189,18 @@ def main() -> None:
     parser.add_argument("--profile", default="", help="Trace a few steps into this folder.")
     parser.add_argument("--no-flops", action="store_true",
                         help="Skip the unrolled compile that counts FLOPs (slow for big models).")
+    parser.add_argument("--max-batch", action="store_true",
+                        help="Also find the largest batch whose compiled step fits in memory.")
+    parser.add_argument("--memory-gib", type=float, default=None,
+                        help="Memory per device for --max-batch (default: the device's limit).")
     args = parser.parse_args(argv)
 
     config = cli_args.load_config(args.config, overrides)
-    configuration.validate(config)
     mesh = sharding.make_mesh(config)
-    configuration.check_batch_divisible(config, mesh)
+    configuration.validate(config, mesh, jax.process_count())
+    budget = device_memory_bytes(args.memory_gib) if args.max_batch else None
+    if args.max_batch and not budget:
+        parser.error("--max-batch: this device reports no memory limit; give --memory-gib")
     built = train.build(config, mesh)
     with jax.set_mesh(mesh), nn.logical_axis_rules(sharding.LOGICAL_RULES):
         started = time.perf_counter()
@@ -165,6 +216,11 @@ def main() -> None:
         state, times = time_steps(compiled, state, audio, args.warmup, args.steps)
         if args.profile:
             state, by_component, by_kernel = profile(compiled, state, audio, args.profile)
+        if args.max_batch:
+            del state, audio  # Compiling only from here: free the device for nothing else.
+            max_batch, measured = largest_batch(
+                lambda batch: compiled_memory(config, mesh, batch), batch_unit(config, mesh),
+                budget, config.batch_size)
 
     device = jax.devices()[0]
     step_s = statistics.median(times)
@@ -186,6 +242,10 @@ def main() -> None:
          f"{summary['memory_per_device_bytes'] / 2**30:.2f}"
          if summary["memory_per_device_bytes"] else "-"),
     ]
+    if args.max_batch:
+        tried = ", ".join(f"{b}: {m / 2**30:.3f}" for b, m in sorted(measured.items()))
+        rows.append((f"largest batch within {budget / 2**30:g} GiB per device",
+                     f"{max_batch} (compiled GiB by batch: {tried})"))
     print("| quantity | value |\n|---|---|")
     print_table(rows)
     if args.profile:

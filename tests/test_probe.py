@@ -70,13 +70,16 @@ def test_probe_cli_beats_chance_with_a_trained_encoder(trained_encoder, dataset,
     assert "accuracy: test" in printed.out and "embed train" in printed.err   # tqdm bars
     assert results["metric"] == "accuracy" and results["classes"] == ["noise", "tone"]
     assert (results["num_train"], results["num_val"], results["num_test"]) == (20, 4, 16)
-    assert results["chance"] == 0.5 and results["test"] >= 0.75
+    assert results["chance"] == 0.5 and results["test"] >= 0.9   # Fixed seeds: measured 1.0.
     assert results["features"] == "encoder" and not results["random_init"]
     assert results["source"]["kind"] == "training_run"
     assert set(results["weight_decay_sweep"]) == {str(w) for w in probe.WEIGHT_DECAYS}
     assert results["weight_decay"] in probe.WEIGHT_DECAYS
     assert set(results["test_noisy"]) == {"20.0", "0.0"}
-    assert all(0.0 <= v <= 1.0 for v in results["test_noisy"].values())
+    # Noise at 20 dB leaves tones and noise apart (measured 0.94); at 0 dB the tones drown
+    # (measured 0.5, chance): the noisy scores come from noisy features, not the clean ones.
+    assert results["test_noisy"]["20.0"] >= 0.8
+    assert results["test_noisy"]["0.0"] <= results["test_noisy"]["20.0"] - 0.2
 
 
 def test_random_init_baseline_with_an_mlp_head(trained_encoder, dataset, tmp_path):
@@ -87,7 +90,8 @@ def test_random_init_baseline_with_an_mlp_head(trained_encoder, dataset, tmp_pat
     assert results["random_init"] and results["features"] == "encoder"
     # The training run's step 0: its seed is read from the exported config.json.
     assert results["source"] == {"kind": "random_init", "seed": 0, "scan_layers": True}
-    assert results["head"] == "mlp" and 0.0 <= results["test"] <= 1.0
+    assert results["head"] == "mlp" and results["test"] >= 0.9   # Measured 1.0: conv features
+    # of a random init already separate flat noise from harmonic tones.
 
 
 class WavjepaProbeTones(tfds.core.GeneratorBasedBuilder):
@@ -128,7 +132,8 @@ def test_probe_on_a_tfds_dataset(trained_encoder, tmp_path_factory, tmp_path, la
     results = json.loads(out.read_text())
     assert results["metric"] == metric and results["num_test"] == 12
     assert results["classes"] == (["low", "high"] if label_key == "label" else ["a", "b", "c"])
-    assert 0.0 <= results["test"] <= 1.0
+    # Fixed seeds; measured 0.83 accuracy (chance 0.5) and 0.78 mAP (chance 0.56).
+    assert results["test"] >= (0.7 if metric == "accuracy" else results["chance"] + 0.1)
 
 
 def test_multi_label_heads_report_map():
