@@ -87,6 +87,8 @@ def largest_batch(memory_of, unit: int, budget: int, start: int) -> tuple[int, d
 
     def fits(batch):
         measured[batch] = memory_of(batch)
+        print(f"batch {batch}: {measured[batch] / 2**30:.3f} GiB compiled, budget "
+              f"{budget / 2**30:.3f}", file=sys.stderr, flush=True)
         return measured[batch] <= budget
 
     low, high = 0, max(unit, start // unit * unit)
