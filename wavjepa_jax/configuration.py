@@ -7,6 +7,8 @@ combinations that cannot work before anything is built.
 
 from __future__ import annotations
 
+import os
+
 import ml_collections
 
 from wavjepa_jax.data.audio import RMS_DBFS
@@ -152,6 +154,18 @@ def default_config() -> ml_collections.ConfigDict:
         tfds_data_dir="",
         tfds_audio_key="audio",
         tfds_sample_rate=0,        # 0: read it from the dataset's feature
+        # Naturalistic scenes (wavjepa_jax/data/scenes.py; the release's WavJEPA-Nat input): a
+        # clip convolved with a room impulse response plus another clip of the corpus as noise
+        # from elsewhere in the room, at an SNR drawn in [snr_db_low, snr_db_high].
+        scene=ml_collections.ConfigDict(dict(
+            prob=0.0,              # share of clips made into scenes (0: off); the rest stay dry
+            snr_db_low=-5.0,
+            snr_db_high=5.0,
+            rir_path="",           # ROOT/<room>/<response>.wav|.npy; "": synthetic rooms
+            synthetic_rooms=32,
+            responses_per_room=4,
+            seed=0,                # of the synthetic rooms
+        )),
     ))
 
     # Anti-collapse terms on the context encoder's frame outputs (0: off, the release). VICReg's
@@ -301,6 +315,23 @@ def validate_data(data: ml_collections.ConfigDict) -> None:
                          f"data.crop_samples={data.crop_samples}")
     if data.num_workers < 0:
         raise ValueError(f"data.num_workers={data.num_workers} must be >= 0")
+    validate_scene(data.scene)
+
+
+def validate_scene(scene: ml_collections.ConfigDict) -> None:
+    if not 0.0 <= scene.prob <= 1.0:
+        raise ValueError(f"data.scene.prob={scene.prob} must be in [0, 1]")
+    if scene.snr_db_low > scene.snr_db_high:
+        raise ValueError(f"data.scene.snr_db_low={scene.snr_db_low} is above "
+                         f"data.scene.snr_db_high={scene.snr_db_high}")
+    if scene.prob and not scene.rir_path and min(scene.synthetic_rooms,
+                                                 scene.responses_per_room) < 1:
+        raise ValueError(f"data.scene.synthetic_rooms={scene.synthetic_rooms} and "
+                         f"data.scene.responses_per_room={scene.responses_per_room} must be "
+                         "positive (or give data.scene.rir_path)")
+    if scene.prob and scene.rir_path and "://" not in scene.rir_path and not os.path.isdir(
+            scene.rir_path):
+        raise ValueError(f"data.scene.rir_path={scene.rir_path!r} is not a folder")
 
 
 def check_batch_divisible(config: ml_collections.ConfigDict, mesh) -> None:

@@ -31,7 +31,7 @@ import numpy as np
 from absl import flags
 
 from wavjepa_jax import configuration
-from wavjepa_jax.data import audio, sources
+from wavjepa_jax.data import audio, scenes, sources
 
 log = logging.getLogger(__name__)
 READ_THREADS = 2       # Decode threads per worker process: libsndfile runs without the GIL.
@@ -56,14 +56,22 @@ class ClipToCrops:
     channels: int | None          # None: mix to mono.
     crops_per_clip: int
     crop_samples: int
+    scene: scenes.SceneMaker | None = None   # reverberant scenes with a second clip as noise
+
+    def read(self, index: int, rng: np.random.Generator, channels: int | None) -> np.ndarray:
+        """Clip `index`, checked, with `channels` (None: mixed to mono), at sample_rate."""
+        clip, rate = self.source.read(index, rng, self.clip_seconds)
+        clip = audio.check_audio(clip)
+        clip = audio.to_mono(clip) if channels is None else audio.to_channels(clip, channels)
+        return audio.resample(clip, rate, self.sample_rate)
 
     def __call__(self, index: int, rng: np.random.Generator) -> dict | SkippedClip:
         try:
-            clip, rate = self.source.read(index, rng, self.clip_seconds)
-            clip = audio.check_audio(clip)
-            clip = audio.to_mono(clip) if self.channels is None else audio.to_channels(
-                clip, self.channels)
-            clip = audio.resample(clip, rate, self.sample_rate)
+            if self.scene is None:
+                clip = self.read(index, rng, self.channels)
+            else:  # A mono source in a room, another clip of the corpus as the noise.
+                noise = self.read(int(rng.integers(len(self.source))), rng, None)
+                clip = self.scene(self.read(index, rng, None), noise, rng)
             clip = audio.rms_normalise(clip, self.rms_dbfs)
             clip = audio.fit_length(clip, round(self.clip_seconds * self.sample_rate),
                                     self.short_clip, self.crop_samples, self.min_crop_audio, rng)
@@ -127,9 +135,25 @@ def local_crops(config: ml_collections.ConfigDict, process_count: int) -> int:
     return config.batch_size // process_count
 
 
+def scene_maker(data: ml_collections.ConfigDict) -> scenes.SceneMaker | None:
+    """The scene transform `config.data.scene` describes (None when its prob is 0)."""
+    scene = data.scene
+    if not scene.prob:
+        return None
+    channels = data.channels if data.keep_channels else 1
+    rooms = (scenes.RoomBank.from_folder(scene.rir_path, data.sample_rate, channels)
+             if scene.rir_path else
+             scenes.RoomBank.synthetic(scene.synthetic_rooms, scene.responses_per_room,
+                                       data.sample_rate, channels, seed=scene.seed))
+    if rooms.skipped:
+        log.warning("data.scene.rir_path: %d room impulse response files skipped",
+                    len(rooms.skipped))
+    return scenes.SceneMaker(rooms, (scene.snr_db_low, scene.snr_db_high), scene.prob)
+
+
 def clip_to_crops(data: ml_collections.ConfigDict, source: sources.ClipSource) -> ClipToCrops:
     """The per-clip transform `config.data` describes."""
-    return ClipToCrops(source=source, sample_rate=data.sample_rate,
+    return ClipToCrops(source=source, sample_rate=data.sample_rate, scene=scene_maker(data),
                        clip_seconds=data.clip_seconds, rms_dbfs=data.rms_dbfs,
                        short_clip=data.short_clip, min_crop_audio=data.min_crop_audio,
                        channels=data.channels if data.keep_channels else None,
