@@ -276,9 +276,10 @@ def pitch_dataset(tmp_path_factory):
 def test_logmel_probe_cli_beats_chance(pitch_dataset, tmp_path, capsys):
     out = tmp_path / "logmel.json"
     probe.main(["--features", "logmel", "--data", pitch_dataset, "--out", str(out),
-                "--noise-snr", "20,-10", "--steps", "200"])
+                "--noise-snr", "20,-10", "--reverb", "--steps", "200"])
     results = json.loads(out.read_text())
-    assert "log-mel features" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "log-mel features" in printed and "test in simulated rooms" in printed
     assert results["features"] == "logmel" and results["encoder"] is None
     assert results["source"]["kind"] == "logmel" and results["source"]["n_mels"] == 64
     assert results["classes"] == ["high", "low", "noise"] and results["chance"] == 1 / 3
@@ -286,6 +287,23 @@ def test_logmel_probe_cli_beats_chance(pitch_dataset, tmp_path, capsys):
     assert results["test"] >= 0.9
     assert set(results["test_noisy"]) == {"20.0", "-10.0"}
     assert results["test_noisy"]["-10.0"] < results["test"]   # The noise reaches the features.
+    # Rooms smear but do not hide high vs low vs noise: above chance, at most the clean score.
+    assert 0.5 <= results["test_reverb"] <= results["test"]
+
+
+def test_reverberant_test_clips_are_seeded_and_keep_their_level():
+    features = LogMelFeatures()
+    rng = np.random.default_rng(0)
+    clip = (0.1 * rng.standard_normal((1, RATE))).astype(np.float32)
+    rooms = probe.reverb_rooms(features, seed=0)
+    first = probe.prepare_clip(features, clip, RATE, noise_seed=(0, 3), rooms=rooms)
+    again = probe.prepare_clip(features, clip, RATE, noise_seed=(0, 3), rooms=rooms)
+    other = probe.prepare_clip(features, clip, RATE, noise_seed=(0, 4), rooms=rooms)
+    dry = probe.prepare_clip(features, clip, RATE, noise_seed=(0, 3))
+    np.testing.assert_array_equal(first, again)
+    assert not np.allclose(first, other) and not np.allclose(first, dry)
+    assert audio_lib.rms(first) == pytest.approx(audio_lib.rms(dry), rel=1e-4)
+    assert first.shape == dry.shape == (1, 16_000)
 
 
 @pytest.mark.parametrize("argv,message", [

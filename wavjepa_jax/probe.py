@@ -2,7 +2,7 @@ r"""Linear (or small MLP) probes on frozen clip features: an exported encoder's,
 
     python -m wavjepa_jax.probe --encoder DIR --data DATA --out results.json
     python -m wavjepa_jax.probe --encoder DIR --data tfds:NAME --tfds-data-dir D --out r.json
-    python -m wavjepa_jax.probe ... --head mlp --noise-snr 20,10,0
+    python -m wavjepa_jax.probe ... --head mlp --noise-snr 20,10,0 --reverb
     python -m wavjepa_jax.probe ... --random-init      # the untrained baseline: the run's step 0
     python -m wavjepa_jax.probe --features logmel --data DATA --out r.json  # hand-crafted baseline
 
@@ -15,7 +15,10 @@ log-mel spectrogram (wavjepa_jax.logmel). Features are standardised with trainin
 validation split carved (stratified) from train picks the AdamW weight decay of the sweep, and the
 selected head is scored on test. With --noise-snr the test clips are also featurized with white
 noise added at each SNR (dB, relative to the clip's RMS as the features receive it: resampled to
-their rate, 16 kHz, and mixed to mono for a mono encoder) and scored with the same head.
+their rate, 16 kHz, and mixed to mono for a mono encoder) and scored with the same head. With
+--reverb the test clips are also heard in simulated rooms (each clip through one impulse response
+of a seeded bank of statistical rooms, RT60 0.2-1.0 s, binaural for a 2-channel encoder; level
+kept) and scored the same way: clean / noisy / reverberant accuracy side by side.
 """
 
 from __future__ import annotations
@@ -36,6 +39,7 @@ from tqdm import tqdm
 
 from wavjepa_jax import cli, export
 from wavjepa_jax.data import audio as audio_lib
+from wavjepa_jax.data import scenes
 from wavjepa_jax.encoder_api import AudioEncoder, load_encoder
 from wavjepa_jax.logmel import LogMelFeatures
 
@@ -164,13 +168,32 @@ def white_noise(clip: np.ndarray, snr_db: float, rng: np.random.Generator) -> np
     return clip + noise * (audio_lib.rms(clip) / 10 ** (snr_db / 20))
 
 
+REVERB_ROOMS, REVERB_RESPONSES = 16, 4   # The --reverb bank: rooms x source positions.
+
+
+def reverb_rooms(featurizer: Featurizer, seed: int) -> scenes.RoomBank:
+    return scenes.RoomBank.synthetic(REVERB_ROOMS, REVERB_RESPONSES, featurizer.sample_rate,
+                                     featurizer.in_channels, seed=seed)
+
+
+def reverberant(clip: np.ndarray, rooms: scenes.RoomBank, rng: np.random.Generator) -> np.ndarray:
+    """The clip (mixed to mono) through one response of `rooms`, at the clip's own RMS."""
+    room = rooms.rooms[rng.integers(len(rooms.rooms))]
+    wet = scenes.reverberate(audio_lib.to_mono(clip), room[rng.integers(len(room))])
+    return wet * (audio_lib.rms(clip) / max(audio_lib.rms(wet), 1e-12))
+
+
 def prepare_clip(featurizer: Featurizer, clip: np.ndarray, rate: int, *,
-                 snr_db: float | None = None, noise_seed=(0, 0)) -> np.ndarray:
-    """A clip as `featurizer` receives it: mono for a mono featurizer, at its rate, and with
-    white noise at snr_db relative to that signal (so the SNR is the one the features see)."""
+                 snr_db: float | None = None, noise_seed=(0, 0),
+                 rooms: scenes.RoomBank | None = None) -> np.ndarray:
+    """A clip as `featurizer` receives it: mono for a mono featurizer, at its rate; heard in one
+    of `rooms` when given; with white noise at snr_db relative to that signal (so the SNR is the
+    one the features see)."""
     if featurizer.in_channels == 1:
         clip = audio_lib.to_mono(clip)
     clip = audio_lib.resample(clip, rate, featurizer.sample_rate)
+    if rooms is not None:
+        clip = reverberant(clip, rooms, np.random.default_rng([*noise_seed, 1]))
     if snr_db is not None:
         clip = white_noise(clip, snr_db, np.random.default_rng(noise_seed))
     return clip
@@ -181,7 +204,8 @@ class TooManyBadClips(ValueError):
 
 
 def usable_clip(featurizer: Featurizer, split: Split, index: int, *,
-                snr_db: float | None = None, seed: int = 0) -> np.ndarray:
+                snr_db: float | None = None, seed: int = 0,
+                rooms: scenes.RoomBank | None = None) -> np.ndarray:
     """Clip `index` of `split` prepared for `featurizer`, or BadAudio (or the decoder's error)
     saying why it cannot be used: empty, non-finite, or nothing left after resampling."""
     clip, rate = split.read(index)
@@ -190,7 +214,8 @@ def usable_clip(featurizer: Featurizer, split: Split, index: int, *,
         raise audio_lib.BadAudio(f"empty audio (shape {clip.shape})")
     if not np.all(np.isfinite(clip)):
         raise audio_lib.BadAudio("audio contains NaN or infinite samples")
-    clip = prepare_clip(featurizer, clip, rate, snr_db=snr_db, noise_seed=[seed, index])
+    clip = prepare_clip(featurizer, clip, rate, snr_db=snr_db, noise_seed=[seed, index],
+                        rooms=rooms)
     if clip.shape[-1] == 0:
         raise audio_lib.BadAudio(f"no samples left after resampling from {rate} Hz")
     return clip
@@ -198,6 +223,7 @@ def usable_clip(featurizer: Featurizer, split: Split, index: int, *,
 
 def embed_split(featurizer: Featurizer, split: Split, *, batch_clips: int,
                 snr_db: float | None = None, seed: int = 0, desc: str = "",
+                rooms: scenes.RoomBank | None = None,
                 max_skipped: float = 0.1, skipped: list | None = None
                 ) -> tuple[np.ndarray, np.ndarray]:
     """([kept clips, dim] clip features, the kept clips' indices), `batch_clips` clips per
@@ -216,7 +242,8 @@ def embed_split(featurizer: Featurizer, split: Split, *, batch_clips: int,
         batch = []
         for i in range(first, min(first + batch_clips, total)):
             try:
-                batch.append(usable_clip(featurizer, split, i, snr_db=snr_db, seed=seed))
+                batch.append(usable_clip(featurizer, split, i, snr_db=snr_db, seed=seed,
+                                         rooms=rooms))
                 kept.append(i)
             except Exception as error:  # noqa: BLE001 - any unusable clip is skipped, counted.
                 bad += 1
@@ -319,7 +346,8 @@ def train_heads(x, y, *, num_classes: int, hidden: int, weight_decays, steps: in
 
 
 def run_probe(featurizer: Featurizer, train: Split, test: Split, classes: list[str], *,
-              head: str = "linear", hidden: int = 256, noise_snrs=(), val_fraction: float = 0.2,
+              head: str = "linear", hidden: int = 256, noise_snrs=(), reverb: bool = False,
+              val_fraction: float = 0.2,
               weight_decays=WEIGHT_DECAYS, steps: int = 1000, batch_size: int = 256,
               lr: float = 1e-3, batch_clips: int = 16, seed: int = 0,
               max_skipped: float = 0.1) -> dict:
@@ -384,6 +412,10 @@ def run_probe(featurizer: Featurizer, train: Split, test: Split, classes: list[s
             noisy_x, kept = embed_split(featurizer, test, snr_db=float(snr),
                                         desc=f"embed test @ {snr} dB", **embed)
             results["test_noisy"][str(snr)] = test_score(noisy_x, test.labels[kept])
+    if reverb:
+        reverb_x, kept = embed_split(featurizer, test, rooms=reverb_rooms(featurizer, seed),
+                                     desc="embed test in rooms", **embed)
+        results["test_reverb"] = test_score(reverb_x, test.labels[kept])
     return results
 
 
@@ -429,6 +461,8 @@ def main(argv=None) -> None:
     parser.add_argument("--hidden", type=int, default=256, help="MLP hidden width.")
     parser.add_argument("--noise-snr", default="",
                         help="Comma-separated SNRs (dB) at which to also score noisy test clips.")
+    parser.add_argument("--reverb", action="store_true",
+                        help="Also score the test clips heard in simulated rooms (seeded).")
     parser.add_argument("--random-init", action="store_true",
                         help="Probe an untrained encoder of the same config (the baseline): the "
                              "weights of the training run's step 0.")
@@ -471,7 +505,7 @@ def _run(parser: argparse.ArgumentParser, args) -> None:
     results = run_probe(
         featurizer, train, test, classes, head=args.head, hidden=args.hidden,
         noise_snrs=[float(s) for s in args.noise_snr.split(",") if s.strip()],
-        val_fraction=args.val_fraction,
+        reverb=args.reverb, val_fraction=args.val_fraction,
         weight_decays=[float(w) for w in args.weight_decays.split(",")], steps=args.steps,
         batch_size=args.batch_size, lr=args.lr, batch_clips=args.batch_clips, seed=args.seed,
         max_skipped=args.max_skipped)
@@ -486,6 +520,8 @@ def _run(parser: argparse.ArgumentParser, args) -> None:
           f"{describe(args)}, {args.head} head)")
     for snr, value in results.get("test_noisy", {}).items():
         print(f"{metric}: test @ {snr} dB SNR {value:.4f}")
+    if "test_reverb" in results:
+        print(f"{metric}: test in simulated rooms {results['test_reverb']:.4f}")
     if results["num_skipped"]:
         print(f"skipped {results['num_skipped']} clips that could not be used (listed in "
               f"{args.out} under skipped_clips)")
