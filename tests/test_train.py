@@ -178,7 +178,8 @@ def cli(*args, devices=1, timeout=600, cwd=REPO):
 def test_multichannel_training_is_refused_with_a_clear_message():
     config = tiny_config()
     config.data.keep_channels = True
-    with pytest.raises(ValueError, match=r"data\.keep_channels=True .*single-channel front end"):
+    with pytest.raises(ValueError, match=r"model\.in_channels=1 with data\.keep_channels=True "
+                                         r".*needs mono crops"):
         configuration.validate(config)
 
 

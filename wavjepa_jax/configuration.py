@@ -77,6 +77,9 @@ def model_config(size: str = "base") -> ml_collections.ConfigDict:
                                     # end's tokens); "ema": the target branch has its own EMA
                                     # copy of the front end, as it has of the encoder.
         position_scale=1.0,         # Scale of the front end's sin-cos code (release: 1).
+        in_channels=1,              # 2: the binaural WavJEPA-Nat model (one conv stack per
+                                    # channel, 2 x frames tokens; needs data.keep_channels).
+        share_channel_frontend=False,  # in_channels > 1: one conv stack for every channel.
         clip_projector=0,           # > 0: loss.clip_weight compares crops after a 2-layer MLP
                                     # of this width (trained, never exported); 0: directly.
         spectrogram_bands=0,        # > 0: loss.spectrogram_weight's linear head predicts this
@@ -197,6 +200,30 @@ def default_config() -> ml_collections.ConfigDict:
     return config
 
 
+def validate_channels(config: ml_collections.ConfigDict) -> None:
+    """The binaural model and the data's channels must agree; its terms are the mono ones."""
+    channels = config.model.get("in_channels", 1)
+    if channels < 1:
+        raise ValueError(f"model.in_channels={channels} must be positive")
+    if config.data.keep_channels != (channels > 1) or (
+            channels > 1 and config.data.channels != channels):
+        raise ValueError(
+            f"model.in_channels={channels} with data.keep_channels={config.data.keep_channels} "
+            f"and data.channels={config.data.channels}: a {channels}-channel model needs "
+            + (f"data.keep_channels=True and data.channels={channels}" if channels > 1 else
+               "mono crops (data.keep_channels=False); multi-channel crops need model.in_channels"
+               " = data.channels (the binaural model)"))
+    if channels > 1:
+        if config.model.encoder_width % 4 or config.model.predictor_width % 4:
+            raise ValueError(f"model.in_channels={channels}: the time/channel positional code "
+                             "needs model.encoder_width and model.predictor_width divisible by 4")
+        for field, value in (("augment.prob", config.augment.prob),
+                             ("loss.spectrogram_weight", config.loss.get("spectrogram_weight", 0))):
+            if value:
+                raise ValueError(f"{field}={value} is for mono models; the binaural model's "
+                                 "robustness comes from data.scene (reverberant scenes)")
+
+
 def validate_spectrogram_term(config: ml_collections.ConfigDict, total_stride: int) -> None:
     """The spectrogram term needs its head, 16 kHz audio and 10 ms frames (its log-mel hop)."""
     weight, bands = config.loss.get("spectrogram_weight", 0.0), config.model.get(
@@ -278,10 +305,7 @@ def validate(config: ml_collections.ConfigDict, mesh=None, process_count: int = 
         raise ValueError(f"model.conv_norm={model.conv_norm!r} must be 'group' or 'layer'")
     if model.dtype not in ("float32", "bfloat16"):
         raise ValueError(f"model.dtype={model.dtype!r} must be 'float32' or 'bfloat16'")
-    if config.data.keep_channels:
-        raise ValueError("data.keep_channels=True feeds multi-channel crops, but this model has a "
-                         "single-channel front end (the binaural WavJEPA-Nat front end is not "
-                         "implemented); train with data.keep_channels=False (mono)")
+    validate_channels(config)
     if config.batch_size < 1:
         raise ValueError(f"batch_size={config.batch_size} must be positive")
     if config.batch_size % config.data.crops_per_clip:

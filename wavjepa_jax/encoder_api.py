@@ -23,6 +23,7 @@ never padded, and each distinct length compiles once.
 from __future__ import annotations
 
 import dataclasses
+import logging
 import os
 
 import flax.linen as nn
@@ -36,6 +37,7 @@ from wavjepa_jax.frontend import num_frames, receptive_field
 from wavjepa_jax.model import (DTYPES, frontend_and_encoder, init_frontend_and_encoder,
                                training_init_rng)
 
+log = logging.getLogger(__name__)
 MAX_CHANNELS = 16  # A rank-2 input with more "channels" than this is almost surely a batch.
 
 
@@ -135,6 +137,7 @@ class AudioEncoder:
         self.embedding_size = int(config["model"]["encoder_width"])
         self.frame_rate = self.sample_rate / self.hop
         self.max_batch = max_batch
+        self._warned_mono = False
         self._forward = jax.jit(self.apply)
 
     @classmethod
@@ -158,9 +161,18 @@ class AudioEncoder:
     def apply(self, params: dict, audio: jax.Array, valid: jax.Array | None = None) -> jax.Array:
         """Frame embeddings [batch, frames, width] of prepared audio: [batch, samples] (or
         [batch, samples, channels] for a multi-channel front end), already standardised.
-        valid [batch, frames] (False = padding) hides frames from attention."""
+        valid [batch, frames] (False = padding) hides frames from attention.
+
+        A binaural model (config model.in_channels = 2) encodes both channels' frames as one
+        sequence; a frame's embedding is the mean of its channels' outputs."""
+        channels = self.frontend.in_channels
         tokens = self.frontend.apply({"params": params["frontend"]}, audio)
-        return self.encoder.apply({"params": params["encoder"]}, tokens, valid)
+        if channels > 1 and valid is not None:
+            valid = jnp.concatenate([valid] * channels, axis=1)
+        out = self.encoder.apply({"params": params["encoder"]}, tokens, valid)
+        if channels > 1:
+            out = out.reshape(out.shape[0], channels, -1, out.shape[-1]).mean(axis=1)
+        return out
 
     # --- audio in, embeddings out -------------------------------------------------------------
 
@@ -212,6 +224,10 @@ class AudioEncoder:
         if self.in_channels == 1:
             clip = audio_lib.to_mono(clip)
         else:
+            if clip.shape[0] == 1 and not self._warned_mono:
+                log.warning("a %d-channel encoder got mono audio: the channel is duplicated "
+                            "(every ear hears the same)", self.in_channels)
+                self._warned_mono = True
             clip = audio_lib.to_channels(clip, self.in_channels)  # BadAudio is a ValueError.
         samples = clip.shape[1]
         clip = audio_lib.resample(clip, sample_rate, self.sample_rate)

@@ -44,7 +44,8 @@ CONFIG_FILE = "config.json"
 ENCODER_FIELDS = ("conv_layers", "conv_norm", "encoder_width", "encoder_depth", "encoder_heads",
                   "encoder_mlp", "norm_first", "layer_norm_eps")
 # Encoder fields added later, with the value that exports written before them imply.
-OPTIONAL_ENCODER_FIELDS = {"position_scale": 1.0}
+OPTIONAL_ENCODER_FIELDS = {"position_scale": 1.0, "in_channels": 1,
+                           "share_channel_frontend": False}
 
 _DTYPES = {"F32": np.float32, "F16": np.float16, "F64": np.float64, "I64": np.int64,
            "I32": np.int32, "I16": np.int16, "I8": np.int8, "U8": np.uint8, "BOOL": np.bool_}
@@ -245,7 +246,10 @@ def save_encoder(out_dir: str, params: dict, model_config, *, sample_rate: int,
     model = encoder_model_config(model_config)
     tree = {"frontend": params["frontend"], "encoder": stack_blocks(params["encoder"])}
     tensors = flatten(tree)
-    in_channels = int(tensors["frontend/conv/conv_0/kernel"].shape[1])
+    # A binaural model has one mono conv stack per channel; a converted multi-channel release
+    # front end mixes its channels in the first conv.
+    in_channels = int(model["in_channels"]) if model["in_channels"] > 1 else int(
+        tensors["frontend/conv/conv_0/kernel"].shape[1])
     config = {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,

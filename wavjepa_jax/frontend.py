@@ -12,7 +12,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from wavjepa_jax.layers import dense, gelu, group_norm, kaiming_normal, layer_norm, partitioned
-from wavjepa_jax.positions import sincos_embedding
+from wavjepa_jax.positions import token_code
 
 
 def num_frames(num_samples: int, conv_layers: Sequence[Sequence[int]]) -> int:
@@ -65,23 +65,45 @@ class ConvFeatureStack(nn.Module):
 
 
 class FrontEnd(nn.Module):
-    """Conv stack -> LayerNorm -> Linear(width) -> + sin-cos positions: the tokens of both branches."""
+    """Conv stack -> LayerNorm -> Linear(width) -> + sin-cos positions: the tokens of both branches.
+
+    in_channels = 1: audio [batch, samples] -> [batch, frames, width].
+    in_channels = C > 1 (the binaural WavJEPA-Nat model): audio [batch, samples, C]; each channel
+    through its own conv stack (`conv`, `conv_1`, ...; one shared stack with share_channels), the
+    norm and projection shared; channel c's frames at tokens c * frames + t of one sequence
+    [batch, C * frames, width], coded by time in half the width and by channel in the other half.
+    """
 
     conv_layers: Sequence[Sequence[int]]
     width: int
     conv_norm: str = "group"
     dtype: jnp.dtype = jnp.float32
     position_scale: float = 1.0
+    in_channels: int = 1
+    share_channels: bool = False
 
     def setup(self):
         self.conv = ConvFeatureStack(self.conv_layers, self.conv_norm, self.dtype)
+        for c in range(1, 1 if self.share_channels else self.in_channels):
+            setattr(self, f"conv_{c}", ConvFeatureStack(self.conv_layers, self.conv_norm,
+                                                        self.dtype))
         self.feature_norm = layer_norm(1e-5, axis="conv_out")
         self.feature_projection = dense(self.width, ("conv_out", "embed"), dtype=self.dtype)
 
+    def channel_conv(self, channel: int) -> ConvFeatureStack:
+        return self.conv if channel == 0 or self.share_channels else getattr(self, f"conv_{channel}")
+
     def __call__(self, audio: jnp.ndarray) -> jnp.ndarray:
-        """audio [batch, samples] -> tokens [batch, frames, width] with positions added."""
-        features = self.feature_projection(self.feature_norm(self.conv(audio)))
-        positions = jnp.arange(features.shape[1])
-        code = self.position_scale * sincos_embedding(positions, self.width)
-        tokens = features + code.astype(features.dtype)
+        if self.in_channels == 1:
+            features = self.conv(audio)
+        else:
+            if audio.ndim != 3 or audio.shape[-1] != self.in_channels:
+                raise ValueError(f"a {self.in_channels}-channel front end takes audio [batch, "
+                                 f"samples, {self.in_channels}], got shape {audio.shape}")
+            features = jnp.concatenate(
+                [self.channel_conv(c)(audio[..., c]) for c in range(self.in_channels)], axis=1)
+        features = self.feature_projection(self.feature_norm(features))
+        frames = features.shape[1] // self.in_channels
+        code = token_code(jnp.arange(features.shape[1]), self.width, frames, self.in_channels)
+        tokens = features + (self.position_scale * code).astype(features.dtype)
         return nn.with_logical_constraint(tokens, ("batch", "length", "act_embed"))

@@ -184,3 +184,15 @@ def sample_masks(key: jax.Array, batch_size: int, num_frames: int,
     """Independent masks for each example of a batch (static shapes, jit-friendly)."""
     keys = jax.random.split(key, batch_size)
     return Masks(*jax.vmap(lambda k: sample_example(k, num_frames, mask))(keys))
+
+
+def for_channels(masks: Masks, frames: int, channels: int) -> Masks:
+    """Masks drawn over `frames` time frames, applied to every channel of a multi-channel token
+    sequence (channel c's frame t is token c * frames + t): a hidden time span is hidden in all
+    channels, a context frame is context in all of them."""
+    if channels == 1:
+        return masks
+    tile = lambda idx: jnp.concatenate([idx + c * frames for c in range(channels)], -1)  # noqa
+    repeat = lambda valid: jnp.concatenate([valid] * channels, -1)  # noqa: E731
+    return Masks(tile(masks.context_idx), repeat(masks.context_valid), tile(masks.target_idx),
+                 repeat(masks.target_valid), masks.accepted)

@@ -20,7 +20,7 @@ import jax.numpy as jnp
 
 from wavjepa_jax.frontend import FrontEnd
 from wavjepa_jax.layers import dense, gelu, layer_norm, partitioned
-from wavjepa_jax.positions import sincos_embedding
+from wavjepa_jax.positions import token_code
 from wavjepa_jax.transformer import StackConfig, TransformerStack
 
 if TYPE_CHECKING:
@@ -75,17 +75,21 @@ class Predictor(nn.Module):
         return self.stack.width
 
     @nn.compact
-    def __call__(self, context, context_pos, context_valid, target_pos, target_valid):
-        """context [b, c, enc_width]; *_pos int [b, n]; *_valid bool [b, n]. -> [b, t, out_width]."""
+    def __call__(self, context, context_pos, context_valid, target_pos, target_valid,
+                 frames: int = 0, channels: int = 1):
+        """context [b, c, enc_width]; *_pos int [b, n] token indices; *_valid bool [b, n].
+        -> [b, t, out_width]. frames, channels: a multi-channel sequence's layout (its tokens'
+        positional code, `positions.token_code`)."""
         width, dtype = self.stack.width, self.stack.dtype
         mask_token = self.param(
             "mask_token", partitioned(nn.initializers.normal(0.02), ("pred_embed",)),
             (width,), jnp.float32)
 
         context = dense(width, ("embed", "pred_embed"), "input_projection", dtype)(context)
-        context = context + sincos_embedding(context_pos, width).astype(context.dtype)
+        code = lambda pos: token_code(pos, width, frames, channels)  # noqa: E731
+        context = context + code(context_pos).astype(context.dtype)
         queries = jnp.broadcast_to(mask_token.astype(dtype), target_pos.shape + (width,))
-        queries = queries + sincos_embedding(target_pos, width).astype(dtype)
+        queries = queries + code(target_pos).astype(dtype)
 
         tokens = jnp.concatenate([context, queries], axis=1)
         valid = jnp.concatenate([context_valid, target_valid], axis=1)
@@ -159,7 +163,8 @@ class WavJEPA:
 
         Use under jax.eval_shape to get shapes and logical axes without allocating anything.
         """
-        params = init_frontend_and_encoder(self.frontend, self.encoder, rng, num_samples)
+        params = init_frontend_and_encoder(self.frontend, self.encoder, rng, num_samples,
+                                           self.frontend.in_channels)
         width = self.encoder.width
         tokens = jnp.zeros((1, num_context, width), self.encoder.dtype)
         pos_c = jnp.zeros((1, num_context), jnp.int32)
@@ -181,7 +186,9 @@ def frontend_and_encoder(fields: Mapping, *, dtype=jnp.float32, scan: bool = Tru
     run's `config.model` or an exported encoder's `config["model"]` (export.ENCODER_FIELDS)."""
     frontend = FrontEnd(tuple(tuple(layer) for layer in fields["conv_layers"]),
                         fields["encoder_width"], fields["conv_norm"], dtype,
-                        position_scale=fields.get("position_scale", 1.0))
+                        position_scale=fields.get("position_scale", 1.0),
+                        in_channels=fields.get("in_channels", 1),
+                        share_channels=fields.get("share_channel_frontend", False))
     encoder = Encoder(StackConfig(
         fields["encoder_depth"], fields["encoder_width"], fields["encoder_heads"],
         fields["encoder_mlp"], norm_first=fields["norm_first"], eps=fields["layer_norm_eps"],

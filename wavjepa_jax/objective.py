@@ -201,14 +201,18 @@ def target_features(model: WavJEPA, target_params, tokens, top_k: int, norm: str
     return jax.lax.stop_gradient(targets)
 
 
-def predict_groups(model: WavJEPA, predictor_params, context, masks: Masks):
-    """Run the predictor once per target group (groups folded into the batch)."""
+def predict_groups(model: WavJEPA, predictor_params, context, masks: Masks,
+                   num_tokens: int = 0):
+    """Run the predictor once per target group (groups folded into the batch). num_tokens: the
+    sequence length a multi-channel model's token indices refer to (channels x frames)."""
     batch, groups, per_group = masks.target_idx.shape
+    channels = model.frontend.in_channels
     repeat = lambda x: jnp.repeat(x, groups, axis=0)  # noqa: E731
     predictions = model.predictor.apply(
         {"params": predictor_params}, repeat(context), repeat(masks.context_idx),
         repeat(masks.context_valid), masks.target_idx.reshape(batch * groups, per_group),
-        masks.target_valid.reshape(batch * groups, per_group))
+        masks.target_valid.reshape(batch * groups, per_group),
+        frames=num_tokens // channels, channels=channels)
     return predictions.reshape(batch, groups, per_group, -1)
 
 
@@ -235,7 +239,7 @@ def wavjepa_loss(model: WavJEPA, params, target_params, audio, masks: Masks, *,
         context = model.encoder.apply({"params": params["encoder"]}, context_tokens,
                                       masks.context_valid)
     with jax.named_scope("predictor"):
-        predictions = predict_groups(model, params["predictor"], context, masks)
+        predictions = predict_groups(model, params["predictor"], context, masks, tokens.shape[1])
 
     with jax.named_scope("target_encoder"):
         if target_frontend_params is not None:

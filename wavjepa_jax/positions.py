@@ -15,3 +15,19 @@ def sincos_embedding(positions: jnp.ndarray, width: int) -> jnp.ndarray:
     omega = 1.0 / 10000 ** (jnp.arange(half, dtype=jnp.float32) / half)
     angles = positions.astype(jnp.float32)[..., None] * omega
     return jnp.concatenate([jnp.sin(angles), jnp.cos(angles)], axis=-1)
+
+
+def token_code(tokens: jnp.ndarray, width: int, frames: int, channels: int = 1) -> jnp.ndarray:
+    """The positional code of token indices of a (possibly multi-channel) sequence.
+
+    One channel: token t is frame t, coded with `sincos_embedding(t, width)`. Several channels
+    (the binaural model): the sequence holds channel c's `frames` tokens at c * frames + t, and a
+    token's code is the time code `sincos_embedding(t, width / 2)` followed by the channel code
+    `sincos_embedding(c, width / 2)`.
+    """
+    if channels == 1:
+        return sincos_embedding(tokens, width)
+    if width % 4:
+        raise ValueError(f"a {channels}-channel code needs a width divisible by 4, got {width}")
+    return jnp.concatenate([sincos_embedding(tokens % frames, width // 2),
+                            sincos_embedding(tokens // frames, width // 2)], axis=-1)

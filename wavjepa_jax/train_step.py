@@ -56,6 +56,7 @@ def make_train_step(model: WavJEPA, config: ml_collections.ConfigDict,
     (`train_state.shard_map_ema_update`) is used when config.ema.shard_map is set.
     """
     num_frames = frontend.num_frames(config.data.crop_samples, config.model.conv_layers)
+    channels = config.model.get("in_channels", 1)
     ema_decay = ema_decay_schedule(config.ema, config.total_steps)
     ema_frontend = config.model.target_frontend == "ema"
     learning_rate = learning_rate_schedule(config.optim, config.total_steps)
@@ -80,6 +81,9 @@ def make_train_step(model: WavJEPA, config: ml_collections.ConfigDict,
     def step(state: TrainState, audio: jax.Array):
         step_key = jax.random.fold_in(state.rng, state.step)
         masks = masking.sample_masks(step_key, audio.shape[0], num_frames, config.mask)
+        masks = masking.for_channels(masks, num_frames, channels)  # Binaural: both ears alike.
+        if audio.ndim == 3:  # The pipeline's [batch, channels, samples] -> channels last.
+            audio = jnp.swapaxes(audio, 1, 2)
         masks = jax.tree.map(
             lambda m: nn.with_logical_constraint(m, ("batch",) + (None,) * (m.ndim - 1)), masks)
 
