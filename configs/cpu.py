@@ -9,20 +9,23 @@ width-128 encoder and a 2-block width-64 predictor (~1.0M trainable parameters).
 step from 16 clips (2 crops each: more distinct clips per batch than the release's 8).
 
 What differs from the release's objective, and why (README "Does it learn?"): at this size the
-release's objective collapses within ~50 steps, so three options are on:
+release's objective collapses within ~50 steps, so four options are on:
   - VICReg variance hinge and covariance penalty on the context encoder's frame outputs
     (`loss.variance_weight`, `loss.covariance_weight`) keep the features spread;
-  - a contrastive clip-level term (`loss.clip_weight`): the pooled context outputs of the two crops
-    of each clip must pick each other out of the batch; this is what learns speaker, language and
-    instrument;
+  - a contrastive clip-level term (`loss.clip_weight`) on the first 64 of the 128 output channels
+    (`loss.clip_channels`): the pooled outputs of the two crops of each clip must pick each other
+    out of the batch; this is what learns speaker, language and instrument;
+  - a spectrogram term (`loss.spectrogram_weight`, `model.spectrogram_bands`): a linear head on
+    every context output frame regresses the clean 64-band log-mel there; it lifts spoken digits;
   - noise on half the context inputs at -5..20 dB with clean targets (`augment.prob`): robustness.
 Warmup and the EMA anneal are fractions of the run, so shorter or longer runs keep their shape.
 
-Measured (benchmarks/LEARNING.md, 2026-11-26, 2,000 steps, 66.6 min pretraining on a 2-core CPU,
-linear probes, mean of 5 tasks): 39.3% (step 0) -> 44.7% clean and 17.5% -> 38.8% at 0 dB SNR
-(log-mel: 61.2% clean, 20.4% at 0 dB). Speaker 58.1 -> 83.1, language 37.8 -> 54.4, instrument
-38.2 -> 45.1 (above log-mel's 41.0); at 0 dB above log-mel on speaker, language and instrument.
-Pitch falls (42.2 -> 22.8) and spoken digits stay flat (20.0 -> 18.0): not yet a broad learner.
+Measured (benchmarks/LEARNING.md, 2026-11-26, 2,000 steps, 61.1 min pretraining + 6.4 min probing
+on a 2-core CPU, linear probes, mean of 5 tasks): 39.3% (step 0) -> 50.2% clean and
+17.5% -> 35.8% at 0 dB SNR (39.8% at step 1,000; log-mel: 61.2% clean, 20.4% at 0 dB).
+Speaker 58.1 -> 88.8, language 37.8 -> 63.3, spoken digits 20.0 -> 32.7, instrument
+38.2 -> 43.1; above log-mel clean on language and instrument, at 0 dB on speaker, language and
+instrument. Pitch falls (42.2 -> 23.3): the clip term makes the features note-invariant.
 """
 
 from wavjepa_jax import configuration
@@ -38,7 +41,10 @@ def get_config(arg=None):
                         predictor_mlp=256, top_k_layers=2)
     config.loss.variance_weight = 1.0
     config.loss.covariance_weight = 0.04
-    config.loss.clip_weight = 1.0            # InfoNCE between the 2 crops of each clip
+    config.loss.clip_weight = 1.0            # InfoNCE between the 2 crops of each clip,
+    config.loss.clip_channels = 64           # on half the output channels
+    config.loss.spectrogram_weight = 1.0     # each context frame -> its clean log-mel
+    config.model.spectrogram_bands = 64
     config.augment.prob = 0.5                # half the context inputs noisy, -5..20 dB
 
     config.batch_size = 32
