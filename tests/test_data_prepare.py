@@ -89,10 +89,16 @@ def test_rerun_reuses_finished_shards_and_redoes_interrupted_ones(prepared):
     assert not os.path.exists(interrupted + ".partial")
 
 
-def test_other_shard_layout_in_output_is_refused(prepared):
+def test_other_shard_layout_in_output_is_refused(prepared, capsys):
     folder, output, _ = prepared
-    with pytest.raises(ValueError, match="--shards"):
+    with pytest.raises(SystemExit) as exit_:        # The CLI's one-line error (cli.fail).
         prepare.main(["--input", folder, "--output", output, "--shards", "3"])
+    assert exit_.value.code == 1
+    error = capsys.readouterr().err.strip()
+    assert error.startswith(f"error: --output {output} already holds other shards") and \
+        "use an empty folder or the same --shards" in error
+    with pytest.raises(ValueError, match="--shards"):   # --debug: the exception itself.
+        prepare.main(["--input", folder, "--output", output, "--shards", "3", "--debug"])
 
 
 def test_manifest_input_and_report_text(tmp_path, capsys):

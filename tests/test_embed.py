@@ -236,7 +236,8 @@ TRAINING_MODULES = ("grain", "orbax", "optax", "ml_collections", "tensorflow",
 
 def test_loading_an_exported_encoder_imports_no_training_code(encoder, tmp_path):
     """load_encoder and the HEAR module need the model and audio I/O only: no Grain, Orbax,
-    optax, config system or training module. (absl.flags itself is imported by Flax.)"""
+    optax, config system or training module, and no command-line flag of this package is defined
+    (the absl.flags module itself is imported by Flax, whatever this package does)."""
     import subprocess
     import sys
     out = str(tmp_path / "enc")
@@ -248,10 +249,13 @@ def test_loading_an_exported_encoder_imports_no_training_code(encoder, tmp_path)
         "assert encoder.embed_clip(np.zeros(16000, np.float32), 16000).shape == (64,)\n"
         "from wavjepa_jax import hear\n"
         f"hear.load_model({out!r})\n"
+        "from absl import flags\n"
+        "print(sorted(name for name in flags.FLAGS if name in ('config', 'workdir', 'dry_run', "
+        "'coordinator_address', 'num_processes', 'process_id')))\n"
         f"print(sorted(m for m in sys.modules if m.split('.')[0] in {TRAINING_MODULES!r} "
         f"or m in {TRAINING_MODULES!r}))\n")
     env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=REPO)
     result = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True,
                             text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-2000:]
-    assert result.stdout.strip().splitlines()[-1] == "[]"
+    assert result.stdout.strip().splitlines()[-2:] == ["[]", "[]"]
