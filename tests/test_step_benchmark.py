@@ -32,7 +32,8 @@ def test_tiny_run_prints_its_table_with_the_largest_batch():
         cwd=ROOT, capture_output=True, text=True, timeout=600,
         env=dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=1"))
     assert result.returncode == 0, result.stderr[-3000:]
-    rows = dict(re.findall(r"^\| (.+?) \| (.+?) \|$", result.stdout, re.M))
+    rows = {key.strip(): value.strip()
+            for key, value in re.findall(r"^\| (.+?) \| (.+?) \|$", result.stdout, re.M)}
     assert rows["crops per step"] == "8" and float(rows["audio-s / s"]) > 0
     found = rows["largest batch within 0.11 GiB per device"]
     batch = int(found.split()[0])
