@@ -213,8 +213,8 @@ def main() -> None:
         state = create_train_state(built.model, config, built.optimizer, built.shardings)
         audio = jax.device_put(
             np.random.default_rng(0).standard_normal(
-                (config.batch_size, config.data.crop_samples)).astype(np.float32),
-            sharding.batch_sharding(mesh))
+                train.batch_shape(config)).astype(np.float32),
+            sharding.batch_sharding(mesh, len(train.batch_shape(config))))
         state, times = time_steps(compiled, state, audio, args.warmup, args.steps)
         if args.profile:
             state, by_component, by_kernel = profile(compiled, state, audio, args.profile)

@@ -52,9 +52,12 @@ def param_summary(params) -> dict:
     """Parameter counts per component, split the way docs/method.md reports the release."""
     predictor = params["predictor"]
     counts = {
-        "frontend": count_params(params["frontend"]["conv"]),
+        # The conv stacks (one per ear in the binaural model: conv, conv_1), then the rest.
+        "frontend": count_params({k: v for k, v in params["frontend"].items()
+                                  if k == "conv" or k.startswith("conv_")}),
         "feature_projection": count_params(
-            {k: v for k, v in params["frontend"].items() if k != "conv"}),
+            {k: v for k, v in params["frontend"].items()
+             if not (k == "conv" or k.startswith("conv_"))}),
         "encoder": count_params(params["encoder"]),
         "predictor": count_params({k: predictor[k] for k in ("transformer", "final_norm")}),
         "predictor_projections": count_params(
@@ -136,9 +139,16 @@ def run(config: ml_collections.ConfigDict, workdir: str, dry_run: bool = False) 
         return _train_loop(config, workdir, mesh, training, is_chief)
 
 
+def batch_shape(config) -> tuple[int, ...]:
+    """The global batch the pipeline feeds: [crops, samples], or [crops, channels, samples]."""
+    channels = (config.data.channels,) if config.data.keep_channels else ()
+    return (config.batch_size, *channels, config.data.crop_samples)
+
+
 def _compile(train_step, abstract_state, config, mesh):
-    audio = jax.ShapeDtypeStruct((config.batch_size, config.data.crop_samples), jnp.float32,
-                                 sharding=sharding.batch_sharding(mesh))
+    shape = batch_shape(config)
+    audio = jax.ShapeDtypeStruct(shape, jnp.float32,
+                                 sharding=sharding.batch_sharding(mesh, len(shape)))
     return train_step.lower(abstract_state, audio).compile()
 
 
