@@ -82,20 +82,20 @@ def test_context_only_compute_equals_the_masked_full_computation_for_two_channel
     audio = jax.random.normal(jax.random.PRNGKey(2), (2, SAMPLES, 2))
     masks = masking.for_channels(masking.sample_masks(
         jax.random.PRNGKey(3), 2, 200, configuration.mask_config()), 200, 2)
-    tokens = model.frontend.apply({"params": params["frontend"]}, audio)
-    context = model.encoder.apply({"params": params["encoder"]},
-                                  objective.gather_frames(tokens, masks.context_idx),
-                                  masks.context_valid)
+    tokens = jax.jit(model.frontend.apply)({"params": params["frontend"]}, audio)
+    encode = jax.jit(model.encoder.apply)
+    context = encode({"params": params["encoder"]},
+                     objective.gather_frames(tokens, masks.context_idx), masks.context_valid)
     is_context = jax.vmap(lambda i, v: jnp.zeros(400, bool).at[i].max(v))(
         masks.context_idx, masks.context_valid)
-    full = model.encoder.apply({"params": params["encoder"]}, tokens, is_context)
+    full = encode({"params": params["encoder"]}, tokens, is_context)
     full_at_context = objective.gather_frames(full, masks.context_idx)
     valid = masks.context_valid[..., None]
     np.testing.assert_allclose(np.where(valid, context, 0), np.where(valid, full_at_context, 0),
                                atol=1e-5)
     # And the whole loss runs, with gradients into both channels' conv stacks.
-    grads = jax.grad(lambda p: objective.wavjepa_loss(
-        model, p, params["encoder"], audio, masks, top_k=2, target_norm="example").loss)(params)
+    grads = jax.jit(jax.grad(lambda p: objective.wavjepa_loss(
+        model, p, params["encoder"], audio, masks, top_k=2, target_norm="example").loss))(params)
     for name in ("conv", "conv_1"):
         leaves = jax.tree.leaves(grads["frontend"][name])
         assert sum(float(jnp.abs(g).sum()) for g in leaves) > 0, name

@@ -244,9 +244,10 @@ def test_spectrogram_term_regresses_the_clean_log_mel_at_each_context_frame():
     audio = jax.random.normal(jax.random.PRNGKey(2), (2, SAMPLES))
     noisy = audio + jax.random.normal(jax.random.PRNGKey(3), audio.shape)
     kwargs = dict(top_k=2, target_norm="example", context_audio=noisy)
-    plain = objective.wavjepa_loss(model, params, params["encoder"], audio, masks, **kwargs)
-    out = objective.wavjepa_loss(model, params, params["encoder"], audio, masks,
-                                 spectrogram_weight=0.5, **kwargs)
+    loss = jax.jit(lambda p, weight: objective.wavjepa_loss(  # noqa: E731
+        model, p, p["encoder"], audio, masks, spectrogram_weight=weight, **kwargs),
+        static_argnums=1)
+    plain, out = loss(params, 0.0), loss(params, 0.5)
     # By hand: log-mels of the CLEAN audio, standardised per band over the batch's frames,
     # against the linear head on the context outputs, at the valid context frames only.
     mels = np.asarray(logmel.frame_aligned_log_mel(
@@ -265,9 +266,9 @@ def test_spectrogram_term_regresses_the_clean_log_mel_at_each_context_frame():
     assert float(out.loss) == pytest.approx(float(plain.loss) + 0.5 * np.mean(errors), rel=1e-4)
     assert float(plain.spectrogram_loss) == 0.0
     # It trains the head, the encoder and the front end; never the target parameters.
-    grads = jax.grad(lambda p, t: objective.wavjepa_loss(
+    grads = jax.jit(jax.grad(lambda p, t: objective.wavjepa_loss(
         model, p, t, audio, masks, spectrogram_weight=1.0, **kwargs).spectrogram_loss,
-        argnums=(0, 1))(params, params["encoder"])
+        argnums=(0, 1)))(params, params["encoder"])
     for name in ("spectrogram_head", "encoder", "frontend"):
         assert optax_norm(grads[0][name]) > 0, name
     assert optax_norm(grads[0]["predictor"]) == 0 and optax_norm(grads[1]) == 0
