@@ -19,9 +19,6 @@ def get_config(arg=None):
     del arg
     config = configuration.default_config()
     config.model.dtype = "bfloat16"
-    config.model.in_channels = 2
-    config.data.keep_channels = True
-    config.data.channels = 2
-    config.data.scene.prob = 0.8           # 20% of the clips stay dry (clean)
+    configuration.binaural(config, scene_prob=0.8)   # 20% of the clips stay dry (clean)
     config.data.num_workers = 8
     return config

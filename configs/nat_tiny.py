@@ -11,10 +11,7 @@ def get_config(arg=None):
     del arg
     config = configuration.default_config()
     config.model = configuration.model_config("tiny")
-    config.model.in_channels = 2
-    config.data.keep_channels = True
-    config.data.channels = 2
-    config.data.scene.prob = 0.8
+    configuration.binaural(config, scene_prob=0.8)   # 20% of the clips stay dry (clean)
     config.data.scene.synthetic_rooms = 8
     config.batch_size = 16                 # 2 clips x 8 crops
     config.total_steps = 100

@@ -200,6 +200,17 @@ def default_config() -> ml_collections.ConfigDict:
     return config
 
 
+def binaural(config: ml_collections.ConfigDict,
+             scene_prob: float = 0.8) -> ml_collections.ConfigDict:
+    """`config` as the WavJEPA-Nat variant: the binaural model (`model.in_channels=2`) fed
+    2-channel crops, a share `scene_prob` of the clips made into reverberant scenes."""
+    config.model.in_channels = 2
+    config.data.keep_channels = True
+    config.data.channels = 2
+    config.data.scene.prob = scene_prob
+    return config
+
+
 def validate_channels(config: ml_collections.ConfigDict) -> None:
     """The binaural model and the data's channels must agree; its terms are the mono ones."""
     channels = config.model.get("in_channels", 1)
