@@ -291,6 +291,27 @@ def test_logmel_probe_cli_beats_chance(pitch_dataset, tmp_path, capsys):
     assert 0.5 <= results["test_reverb"] <= results["test"]
 
 
+def test_reverb_rooms_folder_replaces_the_statistical_bank(pitch_dataset, tmp_path, capsys):
+    """A bank of unit impulses is a dry room: the reverberant score equals the clean one. A bank
+    with the wrong channel count is a one-line error."""
+    for name, channels in (("dry", 1), ("binaural", 2)):
+        os.makedirs(tmp_path / name / "room_0")
+        impulse = np.zeros((channels, 64), np.float32)
+        impulse[:, 0] = 1.0
+        np.save(tmp_path / name / "room_0" / "source_0.npy", impulse)
+    out = tmp_path / "dry.json"
+    probe.main(["--features", "logmel", "--data", pitch_dataset, "--out", str(out),
+                "--reverb-rooms", str(tmp_path / "dry"), "--steps", "200"])
+    results = json.loads(out.read_text())
+    assert results["reverb_rooms"] == str(tmp_path / "dry") and not results["reverb_rooms_skipped"]
+    assert results["test_reverb"] == results["test"]
+    with pytest.raises(SystemExit) as exit_info:
+        probe.main(["--features", "logmel", "--data", pitch_dataset, "--out", str(out),
+                    "--reverb-rooms", str(tmp_path / "binaural"), "--steps", "200"])
+    assert exit_info.value.code == 1
+    assert "no usable file under" in capsys.readouterr().err
+
+
 def test_reverberant_test_clips_are_seeded_and_keep_their_level():
     features = LogMelFeatures()
     rng = np.random.default_rng(0)

@@ -171,7 +171,12 @@ def white_noise(clip: np.ndarray, snr_db: float, rng: np.random.Generator) -> np
 REVERB_ROOMS, REVERB_RESPONSES = 16, 4   # The --reverb bank: rooms x source positions.
 
 
-def reverb_rooms(featurizer: Featurizer, seed: int) -> scenes.RoomBank:
+def reverb_rooms(featurizer: Featurizer, seed: int, path: str = "") -> scenes.RoomBank:
+    """The --reverb bank: the responses under `path` (ROOT/<room>/<response>.wav|.npy, e.g. from
+    `python -m wavjepa_jax.data.rooms`, with the encoder's channel count) or, without one, a
+    seeded bank of statistical rooms."""
+    if path:
+        return scenes.RoomBank.from_folder(path, featurizer.sample_rate, featurizer.in_channels)
     return scenes.RoomBank.synthetic(REVERB_ROOMS, REVERB_RESPONSES, featurizer.sample_rate,
                                      featurizer.in_channels, seed=seed)
 
@@ -347,7 +352,7 @@ def train_heads(x, y, *, num_classes: int, hidden: int, weight_decays, steps: in
 
 def run_probe(featurizer: Featurizer, train: Split, test: Split, classes: list[str], *,
               head: str = "linear", hidden: int = 256, noise_snrs=(), reverb: bool = False,
-              val_fraction: float = 0.2,
+              reverb_path: str = "", val_fraction: float = 0.2,
               weight_decays=WEIGHT_DECAYS, steps: int = 1000, batch_size: int = 256,
               lr: float = 1e-3, batch_clips: int = 16, seed: int = 0,
               max_skipped: float = 0.1) -> dict:
@@ -413,9 +418,12 @@ def run_probe(featurizer: Featurizer, train: Split, test: Split, classes: list[s
                                         desc=f"embed test @ {snr} dB", **embed)
             results["test_noisy"][str(snr)] = test_score(noisy_x, test.labels[kept])
     if reverb:
-        reverb_x, kept = embed_split(featurizer, test, rooms=reverb_rooms(featurizer, seed),
-                                     desc="embed test in rooms", **embed)
+        rooms = reverb_rooms(featurizer, seed, reverb_path)
+        reverb_x, kept = embed_split(featurizer, test, rooms=rooms, desc="embed test in rooms",
+                                     **embed)
         results["test_reverb"] = test_score(reverb_x, test.labels[kept])
+        results["reverb_rooms"] = reverb_path or "statistical"
+        results["reverb_rooms_skipped"] = list(rooms.skipped)
     return results
 
 
@@ -463,6 +471,11 @@ def main(argv=None) -> None:
                         help="Comma-separated SNRs (dB) at which to also score noisy test clips.")
     parser.add_argument("--reverb", action="store_true",
                         help="Also score the test clips heard in simulated rooms (seeded).")
+    parser.add_argument("--reverb-rooms", default="",
+                        help="--reverb with the impulse responses under this folder "
+                             "(ROOT/<room>/<response>.wav|.npy, e.g. made by python -m "
+                             "wavjepa_jax.data.rooms; as many channels as the encoder) instead "
+                             "of the statistical rooms. Implies --reverb.")
     parser.add_argument("--random-init", action="store_true",
                         help="Probe an untrained encoder of the same config (the baseline): the "
                              "weights of the training run's step 0.")
@@ -505,7 +518,8 @@ def _run(parser: argparse.ArgumentParser, args) -> None:
     results = run_probe(
         featurizer, train, test, classes, head=args.head, hidden=args.hidden,
         noise_snrs=[float(s) for s in args.noise_snr.split(",") if s.strip()],
-        reverb=args.reverb, val_fraction=args.val_fraction,
+        reverb=args.reverb or bool(args.reverb_rooms), reverb_path=args.reverb_rooms,
+        val_fraction=args.val_fraction,
         weight_decays=[float(w) for w in args.weight_decays.split(",")], steps=args.steps,
         batch_size=args.batch_size, lr=args.lr, batch_clips=args.batch_clips, seed=args.seed,
         max_skipped=args.max_skipped)
