@@ -75,29 +75,58 @@ def export(args, step: int, log_path: str) -> str:
     return out
 
 
+def reverb_flags(args) -> list[str]:
+    if args.reverb_rooms:
+        return [f"--reverb-rooms={args.reverb_rooms}"]
+    return ["--reverb"] if args.reverb else []
+
+
+def cached(out: str, args) -> dict | None:
+    """A probe's results from an earlier run, if they hold every condition asked for now."""
+    if not os.path.exists(out):
+        return None
+    with open(out) as f:
+        results = json.load(f)
+    noisy = {float(snr) for snr in results.get("test_noisy", {})}
+    if not {float(s) for s in args.snrs.split(",") if s.strip()} <= noisy:
+        return None
+    if reverb_flags(args) and results.get("reverb_rooms") != (args.reverb_rooms or "statistical"):
+        return None
+    return results
+
+
 def probe(args, task: str, model: str, extra: list[str], log_path: str) -> dict:
     out = os.path.join(args.workdir, "probes", f"{task}__{model}.json")
-    if not os.path.exists(out):
+    results = cached(out, args)
+    if results is None:
         run([sys.executable, "-m", "wavjepa_jax.probe", f"--data={os.path.join(args.tasks, task)}",
-             f"--out={out}", f"--noise-snr={args.snrs}", f"--seed={args.probe_seed}", *extra],
-            log_path)
-    with open(out) as f:
-        return json.load(f)
+             f"--out={out}", f"--noise-snr={args.snrs}", f"--seed={args.probe_seed}",
+             *reverb_flags(args), *extra], log_path)
+        with open(out) as f:
+            results = json.load(f)
+    return results
 
 
-def table(results: dict, models: list[str], snrs: list[str]) -> list[str]:
+def score(result: dict, condition: str) -> float:
+    if condition == "clean":
+        return result["test"]
+    if condition == "reverb":
+        return result["test_reverb"]
+    noisy = {float(snr): v for snr, v in result.get("test_noisy", {}).items()}
+    return noisy[float(condition[:-3])]
+
+
+def table(results: dict, models: list[str], snrs: list[str], reverb: bool = False) -> list[str]:
     """Markdown rows: one per task and condition, one column per model; means at the bottom."""
     header = "| task | condition | " + " | ".join(models) + " |"
     lines = [header, "|" + "---|" * 2 + "---:|" * len(models)]
-    conditions = ["clean"] + [f"{snr} dB" for snr in snrs]
+    conditions = ["clean"] + [f"{snr} dB" for snr in snrs] + (["reverb"] if reverb else [])
     means = {c: {m: [] for m in models} for c in conditions}
     for task in sorted(results):
         for condition in conditions:
             row = []
             for model in models:
-                r = results[task][model]
-                noisy = {float(snr): v for snr, v in r.get("test_noisy", {}).items()}
-                value = r["test"] if condition == "clean" else noisy[float(condition[:-3])]
+                value = score(results[task][model], condition)
                 means[condition][model].append(value)
                 row.append(f"{100 * value:.1f}")
             lines.append(f"| {task} | {condition} | " + " | ".join(row) + " |")
@@ -133,6 +162,10 @@ def main() -> None:
     parser.add_argument("--fractions", default="0,0.25,0.5,1",
                         help="Points of the run to probe, as fractions of total_steps.")
     parser.add_argument("--snrs", default="10,0", help="White-noise SNRs (dB) of the test.")
+    parser.add_argument("--reverb", action="store_true",
+                        help="Also probe the test clips in simulated rooms (probe --reverb).")
+    parser.add_argument("--reverb-rooms", default="",
+                        help="--reverb with this folder of room responses (probe --reverb-rooms).")
     parser.add_argument("--probe-seed", type=int, default=0)
     parser.add_argument("--no-logmel", action="store_true",
                         help="Leave out the log-mel baseline (it does not depend on the run).")
@@ -169,7 +202,7 @@ def main() -> None:
             results[task][model] = probe(args, task, model.replace(" ", "_"), extra, log_path)
             print(f"{task:>20} {model:>12}: {100 * results[task][model]['test']:.1f}", flush=True)
     snrs = [s.strip() for s in args.snrs.split(",") if s.strip()]
-    lines = table(results, list(models), snrs)
+    lines = table(results, list(models), snrs, bool(reverb_flags(args)))
     report = [f"# Learning benchmark: {args.config} {' '.join(overrides)}", "",
               f"{datetime.date.today()}, {platform.node()}, {os.cpu_count()} CPU cores; "
               f"{total} steps"

@@ -39,7 +39,7 @@ def test_learning_benchmark_prints_one_table(tmp_path):
         [sys.executable, os.path.join(ROOT, "benchmarks", "learning.py"),
          "--config", os.path.join(ROOT, "configs", "tiny.py"), "--corpus", str(corpus),
          "--tasks", str(tmp_path / "tasks"), "--workdir", str(workdir), "--fractions", "0,1",
-         "--snrs", "0", "--", "--config.total_steps=4", "--config.log_every=2"],
+         "--snrs", "0", "--reverb", "--", "--config.total_steps=4", "--config.log_every=2"],
         cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
     lines = result.stdout.splitlines()
@@ -47,11 +47,12 @@ def test_learning_benchmark_prints_one_table(tmp_path):
     assert [c.strip() for c in header.split("|")[1:-1]] == [
         "task", "condition", "logmel", "step 0", "step 4"]
     rows = [line for line in lines if line.startswith("| tones |")]
-    assert [row.split("|")[2].strip() for row in rows] == ["clean", "0 dB"]
+    assert [row.split("|")[2].strip() for row in rows] == ["clean", "0 dB", "reverb"]
     clean_logmel = float(rows[0].split("|")[3])
     assert clean_logmel > 80.0                       # Tones an octave apart: log-mel separates.
     saved = json.loads((workdir / "learning.json").read_text())
     assert saved["steps"] == {"0.0": 0, "1.0": 4}
     step0 = saved["results"]["tones"]["step 0"]
     assert step0["random_init"] is True
-    assert (workdir / "learning.md").read_text().count("| tones |") == 2
+    assert step0["reverb_rooms"] == "statistical" and "test_reverb" in step0
+    assert (workdir / "learning.md").read_text().count("| tones |") == 3
