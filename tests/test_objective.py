@@ -213,36 +213,6 @@ def test_clip_term_on_the_first_channels_leaves_the_others_to_the_frame_terms(se
     assert float(jnp.abs(grad[..., :16]).max()) > 0 and float(jnp.abs(grad[..., 16:]).max()) == 0
 
 
-def test_view_contrastive_matches_each_crop_to_its_own_targets_not_its_clips_other_crops():
-    key = jax.random.PRNGKey(6)
-    targets = jax.random.normal(key, (16, 8))
-    context = targets + 0.01 * jax.random.normal(jax.random.PRNGKey(7), (16, 8))
-    assert float(objective.view_contrastive(context, targets, 2, 0.1)) < 0.05
-    # Context that matches its clip's other crop instead: that pair is left out, so the crop
-    # finds no match among the 14 crops of other clips (and its own targets are unrelated).
-    swapped = context.reshape(8, 2, 8)[:, ::-1].reshape(16, 8)
-    assert float(objective.view_contrastive(swapped, targets, 2, 0.1)) > 1.0
-    # No information: log(15) candidates (its own targets + 14 other clips' crops).
-    same = objective.view_contrastive(jnp.ones((16, 8)), jnp.ones((16, 8)), 2, 0.1)
-    assert float(same) == pytest.approx(np.log(15), rel=1e-5)
-    # The targets are constants: no gradient flows into them.
-    grad = jax.grad(lambda t: objective.view_contrastive(context, t, 2, 0.1))(targets)
-    assert float(jnp.abs(grad).max()) == 0.0
-
-
-def test_view_pairs_compare_pooled_context_with_pooled_targets(setup):
-    model, config, params, target, masks, audio = setup
-    kwargs = dict(top_k=2, target_norm="example", crops_per_clip=2, clip_weight=1.0)
-    out = objective.wavjepa_loss(model, params, target, audio, masks, clip_pairs="views",
-                                 **kwargs)
-    expected = objective.view_contrastive(
-        objective.pooled(out.context_features, masks.context_valid),
-        jnp.mean(out.targets, axis=1), 2, 0.1)
-    assert float(out.clip_loss) == pytest.approx(float(expected), rel=1e-5)
-    crops = objective.wavjepa_loss(model, params, target, audio, masks, **kwargs)
-    assert float(crops.clip_loss) != pytest.approx(float(out.clip_loss), rel=1e-3)
-
-
 def test_noisy_context_audio_keeps_the_targets_clean(setup):
     model, config, params, target, masks, audio = setup
     kwargs = dict(top_k=2, target_norm="example")

@@ -221,19 +221,6 @@ def test_clip_channels_must_fit_the_encoder_and_not_meet_a_projector():
         configuration.validate(config)
 
 
-def test_clip_pairs_must_be_known_and_views_contrastive_without_a_projector():
-    config = tiny_config()
-    config.loss.clip_weight, config.data.crops_per_clip = 1.0, 1
-    config.loss.clip_pairs = "views"
-    configuration.validate(config)                  # One crop per clip is enough for views.
-    config.loss.clip_pairs = "frames"
-    with pytest.raises(ValueError, match=r"loss\.clip_pairs='frames' must be 'crops' or"):
-        configuration.validate(config)
-    config.loss.clip_pairs, config.loss.clip_objective = "views", "vicreg"
-    with pytest.raises(ValueError, match=r"needs loss\.clip_objective='contrastive'"):
-        configuration.validate(config)
-
-
 def test_unknown_override_key_stops_at_start_up(tmp_path):
     result = cli("--config", "configs/tiny.py", "--workdir", str(tmp_path),
                  "--config.no_such_leaf=3")

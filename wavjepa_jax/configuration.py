@@ -181,9 +181,6 @@ def default_config() -> ml_collections.ConfigDict:
         variance_weight=0.0, covariance_weight=0.0,
         clip_weight=0.0, clip_objective="contrastive", clip_temperature=0.1,
         clip_channels=0,           # > 0: the clip term sees only the first N output channels.
-        clip_pairs="crops",        # "crops": a clip's crops are each other's positives; "views":
-                                   # each crop's context against its own pooled targets (EMA
-                                   # encoder, whole clean crop), other clips' crops the negatives.
         spectrogram_weight=0.0))
 
     # Noise on the context branch's input only (prob 0: off, the release); targets stay clean.
@@ -297,18 +294,10 @@ def validate(config: ml_collections.ConfigDict, mesh=None, process_count: int = 
         if config.loss.clip_objective not in ("contrastive", "vicreg"):
             raise ValueError(f"loss.clip_objective={config.loss.clip_objective!r} must be "
                              "'contrastive' or 'vicreg'")
-        if config.data.crops_per_clip < 2 and config.loss.get("clip_pairs", "crops") == "crops":
+        if config.data.crops_per_clip < 2:
             raise ValueError(f"loss.clip_weight={config.loss.clip_weight} compares the crops of "
                              f"a clip, but data.crops_per_clip={config.data.crops_per_clip}: "
                              "use 2 or more")
-        if config.loss.get("clip_pairs", "crops") not in ("crops", "views"):
-            raise ValueError(f"loss.clip_pairs={config.loss.clip_pairs!r} must be 'crops' or "
-                             "'views'")
-        if config.loss.get("clip_pairs", "crops") == "views" and (
-                config.loss.clip_objective != "contrastive" or model.get("clip_projector", 0)):
-            raise ValueError("loss.clip_pairs='views' is a contrastive term on the encoder's "
-                             "channels: it needs loss.clip_objective='contrastive' and "
-                             "model.clip_projector=0")
         if config.loss.clip_temperature <= 0:
             raise ValueError(f"loss.clip_temperature={config.loss.clip_temperature} must be > 0")
         if not 0 <= config.loss.clip_channels <= model.encoder_width:

@@ -130,22 +130,6 @@ def clip_contrastive(embeddings: jax.Array, crops_per_clip: int, temperature: fl
     return -jnp.mean(per_crop)
 
 
-def view_contrastive(context: jax.Array, targets: jax.Array, crops_per_clip: int,
-                     temperature: float) -> jax.Array:
-    """InfoNCE between the two views of each crop: its pooled context outputs (the visible, maybe
-    noisy, frames) must pick out its own pooled targets (the EMA encoder on the whole clean crop)
-    among the targets of the batch's crops of other clips. The other crops of its own clip are
-    left out (neither positive nor negative), so nothing asks crops of one clip to be alike.
-    context, targets [batch, channels]."""
-    batch = context.shape[0]
-    unit = lambda x: x * jax.lax.rsqrt(jnp.sum(jnp.square(x), -1, keepdims=True) + 1e-8)  # noqa
-    logits = unit(context) @ unit(jax.lax.stop_gradient(targets)).T / temperature
-    own = jnp.eye(batch, dtype=bool)
-    logits = jnp.where(same_clip(batch, crops_per_clip) & ~own, -jnp.inf, logits)
-    log_prob = logits - jax.nn.logsumexp(logits, axis=-1, keepdims=True)
-    return -jnp.mean(jnp.diagonal(log_prob))
-
-
 def clip_vicreg(embeddings: jax.Array, crops_per_clip: int) -> jax.Array:
     """Invariance (squared distance of each crop to its clip's mean, summed over channels and
     averaged) + VICReg's variance hinge and covariance penalty across the batch's crops."""
@@ -157,19 +141,12 @@ def clip_vicreg(embeddings: jax.Array, crops_per_clip: int) -> jax.Array:
 
 
 def clip_loss(context: jax.Array, valid: jax.Array, crops_per_clip: int, kind: str,
-              temperature: float, head=None, channels: int = 0, pairs: str = "crops",
-              targets: jax.Array | None = None) -> jax.Array:
+              temperature: float, head=None, channels: int = 0) -> jax.Array:
     """The clip-level term on the mean-pooled context outputs of every crop, after `head`
     (a function of the pooled embeddings) when given. channels > 0: on the first `channels`
-    output channels only, so the others are shaped by the frame-level terms alone.
-    pairs="views": the contrastive term between each crop's context and its own pooled
-    `targets` [batch, frames, channels] (`view_contrastive`) instead of between crops."""
+    output channels only, so the others are shaped by the frame-level terms alone."""
     if channels:
         context = context[..., :channels]
-    if pairs == "views":
-        whole = pooled(targets[..., :channels] if channels else targets,
-                       jnp.ones(targets.shape[:2], bool))
-        return view_contrastive(pooled(context, valid), whole, crops_per_clip, temperature)
     embeddings = pooled(context, valid)
     if head is not None:
         embeddings = head(embeddings)
@@ -244,8 +221,7 @@ def wavjepa_loss(model: WavJEPA, params, target_params, audio, masks: Masks, *,
                  target_centering: str = "none", variance_weight: float = 0.0,
                  covariance_weight: float = 0.0, clip_weight: float = 0.0,
                  clip_objective: str = "contrastive", clip_temperature: float = 0.1,
-                 clip_channels: int = 0, clip_pairs: str = "crops", crops_per_clip: int = 1,
-                 spectrogram_weight: float = 0.0,
+                 clip_channels: int = 0, crops_per_clip: int = 1, spectrogram_weight: float = 0.0,
                  context_audio=None) -> LossOutputs:
     """The training loss for a batch of crops `audio` [batch, samples] and their masks.
 
@@ -284,8 +260,7 @@ def wavjepa_loss(model: WavJEPA, params, target_params, audio, masks: Masks, *,
         head = None if "clip_head" not in params else (
             lambda x: model.clip_head.apply({"params": params["clip_head"]}, x))
         clip = (clip_loss(context, masks.context_valid, crops_per_clip, clip_objective,
-                          clip_temperature, head, clip_channels, clip_pairs, targets)
-                if clip_weight else 0.0)
+                          clip_temperature, head, clip_channels) if clip_weight else 0.0)
         spectrogram = (context_spectrogram_loss(model, params, audio, context, masks,
                                                 tokens.shape[1]) if spectrogram_weight else 0.0)
         loss = (predicted + variance_weight * variance + covariance_weight * covariance
