@@ -144,6 +144,29 @@ def test_unrolled_layers_are_exported_in_the_scanned_layout(tmp_path):
                                unrolled(params, audio), atol=1e-5)
 
 
+def test_clip_token_travels_with_the_export_and_frames_still_see_it(tmp_path):
+    model_config = configuration.model_config("tiny")
+    model_config.clip_token = True
+    model = WavJEPA.from_config(model_config)
+    key = jax.random.PRNGKey(0)
+    params = nn.meta.unbox({
+        "frontend": jax.jit(model.frontend.init)(key, np.zeros((1, 400), np.float32))["params"],
+        "encoder": jax.jit(model.encoder.init)(key, np.zeros((1, 4, 64), np.float32))["params"]})
+    params["encoder"]["clip_token"] = params["encoder"]["clip_token"] + 1.0  # Not its init.
+    export.save_encoder(str(tmp_path), params, model_config, sample_rate=16_000,
+                        chunk_samples=32_160, source={"kind": "test"})
+    encoder = wavjepa_jax.load_encoder(tmp_path)
+    assert encoder.config["model"]["clip_token"] is True
+    np.testing.assert_array_equal(encoder.params["encoder"]["clip_token"],
+                                  params["encoder"]["clip_token"])
+    audio = audio_lib.standardise(
+        np.random.default_rng(0).standard_normal((2, 32_160)).astype(np.float32))
+    trained = jax.jit(lambda p, x: model.encoder.apply(
+        {"params": p["encoder"]}, model.frontend.apply({"params": p["frontend"]}, x)))
+    np.testing.assert_allclose(jax.jit(encoder.apply)(encoder.params, audio),
+                               trained(params, audio), atol=1e-5)
+
+
 def test_missing_export_and_newer_format_are_clear_errors(tmp_path):
     with pytest.raises(FileNotFoundError, match="not an exported encoder"):
         wavjepa_jax.load_encoder(tmp_path)

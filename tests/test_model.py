@@ -190,3 +190,38 @@ def test_spectrogram_head_is_optional_and_leaves_the_other_params_as_they_were()
     assert model.spectrogram_head.apply({"params": with_head["spectrogram_head"]},
                                         frames).shape == (2, 7, 24)
     assert train.param_summary(with_head)["spectrogram_head"] == config.encoder_width * 24 + 24
+
+
+def test_clip_token_leads_every_sequence_and_is_returned_apart_from_the_frames():
+    model, config = tiny_model(clip_token=True)
+    plain, _ = tiny_model()
+    params = init_params(model)
+    plain_params = init_params(plain)
+    # The token is the only new parameter; the others are drawn as without it (same step 0).
+    assert set(params["encoder"]) == set(plain_params["encoder"]) | {"clip_token"}
+    for a, b in zip(jax.tree.leaves(plain_params["encoder"]["transformer"]),
+                    jax.tree.leaves(params["encoder"]["transformer"])):
+        np.testing.assert_array_equal(a, b)
+    tokens = jax.random.normal(jax.random.PRNGKey(1), (2, 9, 64))
+    valid = jnp.arange(9)[None] < jnp.array([[9], [6]])
+    apply = lambda p, **kw: model.encoder.apply({"params": p}, tokens, valid, **kw)  # noqa: E731
+    frames, clip = apply(params["encoder"], return_clip=True)
+    assert frames.shape == (2, 9, 64) and clip.shape == (2, 64)
+    np.testing.assert_array_equal(frames, apply(params["encoder"]))
+    # Same as a plain encoder fed the token in front: the frames attend to it.
+    with_token = jnp.concatenate(
+        [jnp.broadcast_to(params["encoder"]["clip_token"], (2, 1, 64)), tokens], 1)
+    full = plain.encoder.apply({"params": params["encoder"]}, with_token,
+                               jnp.concatenate([jnp.ones((2, 1), bool), valid], 1))
+    np.testing.assert_allclose(frames, full[:, 1:], atol=1e-6)
+    np.testing.assert_allclose(clip, full[:, 0], atol=1e-6)
+    # Padding is still never attended to, and all block outputs drop the token's row.
+    _, layers, clip_again = apply(params["encoder"], return_all_layers=True, return_clip=True)
+    assert layers.shape == (config.encoder_depth, 2, 9, 64)
+    np.testing.assert_array_equal(clip, clip_again)
+    changed = jnp.where(valid[..., None], tokens, 99.0)
+    np.testing.assert_allclose(
+        model.encoder.apply({"params": params["encoder"]}, changed, valid, return_clip=True)[1],
+        clip, atol=1e-6)
+    with pytest.raises(ValueError, match="return_clip needs an encoder with clip_token"):
+        plain.encoder.apply({"params": plain_params["encoder"]}, tokens, valid, return_clip=True)

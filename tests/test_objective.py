@@ -213,6 +213,34 @@ def test_clip_term_on_the_first_channels_leaves_the_others_to_the_frame_terms(se
     assert float(jnp.abs(grad[..., :16]).max()) > 0 and float(jnp.abs(grad[..., 16:]).max()) == 0
 
 
+def test_clip_term_reads_the_clip_token_when_the_encoder_has_one(setup):
+    model, config, params, target, masks, audio = setup
+    config = configuration.model_config("tiny")
+    config.clip_token = True
+    model = WavJEPA.from_config(config)
+    params = nn.meta.unbox(jax.jit(model.init, static_argnums=1)(jax.random.PRNGKey(0),
+                                                                 audio.shape[-1]))
+    kwargs = dict(top_k=2, target_norm="example", crops_per_clip=2, clip_weight=1.0)
+
+    @jax.jit
+    def check(params):
+        loss = lambda p: objective.wavjepa_loss(model, p, params["encoder"], audio, masks,  # noqa
+                                                **kwargs)
+        out = loss(params)
+        tokens = model.frontend.apply({"params": params["frontend"]}, audio)
+        _, clip = model.encoder.apply({"params": params["encoder"]},
+                                      objective.gather_frames(tokens, masks.context_idx),
+                                      masks.context_valid, return_clip=True)
+        grads = jax.grad(lambda p: loss(p).clip_loss)(params)
+        return (out.clip_loss, objective.clip_contrastive(clip, 2, 0.1), out.context_features,
+                jnp.abs(grads["encoder"]["clip_token"]).max())
+
+    clip_loss, expected, frames, token_grad = check(params)
+    assert float(clip_loss) == pytest.approx(float(expected), rel=1e-5)
+    assert frames.shape[1] == masks.context_idx.shape[1]   # Frames only.
+    assert float(token_grad) > 0
+
+
 def test_noisy_context_audio_keeps_the_targets_clean(setup):
     model, config, params, target, masks, audio = setup
     kwargs = dict(top_k=2, target_norm="example")

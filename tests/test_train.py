@@ -221,6 +221,15 @@ def test_clip_channels_must_fit_the_encoder_and_not_meet_a_projector():
         configuration.validate(config)
 
 
+def test_clip_token_without_the_clip_term_is_refused():
+    config = tiny_config()
+    config.model.clip_token = True
+    with pytest.raises(ValueError, match=r"model\.clip_token=True is the clip-level term's input"):
+        configuration.validate(config)
+    config.loss.clip_weight, config.data.crops_per_clip = 1.0, 2
+    configuration.validate(config)
+
+
 def test_unknown_override_key_stops_at_start_up(tmp_path):
     result = cli("--config", "configs/tiny.py", "--workdir", str(tmp_path),
                  "--config.no_such_leaf=3")

@@ -80,6 +80,8 @@ def model_config(size: str = "base") -> ml_collections.ConfigDict:
         in_channels=1,              # 2: the binaural WavJEPA-Nat model (one conv stack per
                                     # channel, 2 x frames tokens; needs data.keep_channels).
         share_channel_frontend=False,  # in_channels > 1: one conv stack for every channel.
+        clip_token=False,           # True: a learned token in front of every encoder sequence
+                                    # whose output alone carries loss.clip_weight's term
         clip_projector=0,           # > 0: loss.clip_weight compares crops after a 2-layer MLP
                                     # of this width (trained, never exported); 0: directly.
         spectrogram_bands=0,        # > 0: loss.spectrogram_weight's linear head predicts this
@@ -307,6 +309,9 @@ def validate(config: ml_collections.ConfigDict, mesh=None, process_count: int = 
         raise ValueError(f"model.clip_projector={model.clip_projector} reads all encoder channels; "
                          f"loss.clip_channels={config.loss.clip_channels} limits the clip term to "
                          "some: set one or the other")
+    if model.get("clip_token", False) and not config.loss.clip_weight:
+        raise ValueError("model.clip_token=True is the clip-level term's input, but "
+                         "loss.clip_weight=0: set both or neither")
     if model.get("clip_projector", 0) and not config.loss.clip_weight:
         raise ValueError(f"model.clip_projector={model.clip_projector} is the clip-level term's "
                          "head, but loss.clip_weight=0: set both or neither")

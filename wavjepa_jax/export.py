@@ -45,7 +45,7 @@ ENCODER_FIELDS = ("conv_layers", "conv_norm", "encoder_width", "encoder_depth", 
                   "encoder_mlp", "norm_first", "layer_norm_eps")
 # Encoder fields added later, with the value that exports written before them imply.
 OPTIONAL_ENCODER_FIELDS = {"position_scale": 1.0, "in_channels": 1,
-                           "share_channel_frontend": False}
+                           "share_channel_frontend": False, "clip_token": False}
 
 _DTYPES = {"F32": np.float32, "F16": np.float16, "F64": np.float64, "I64": np.int64,
            "I32": np.int32, "I16": np.int16, "I8": np.int8, "U8": np.uint8, "BOOL": np.bool_}

@@ -32,9 +32,15 @@ FINAL_NORM_EPS = 1e-5
 
 
 class Encoder(nn.Module):
-    """Transformer blocks + final LayerNorm over a (possibly gathered, padded) token sequence."""
+    """Transformer blocks + final LayerNorm over a (possibly gathered, padded) token sequence.
+
+    clip_token: a learned token is put in front of every sequence (training, targets and
+    inference alike); its output is the clip embedding the clip-level term reads
+    (`return_clip=True`), while the frame outputs stay what they are for every other use.
+    """
 
     stack: StackConfig
+    clip_token: bool = False
 
     @property
     def width(self) -> int:
@@ -45,18 +51,41 @@ class Encoder(nn.Module):
         return self.stack.dtype
 
     @nn.compact
-    def __call__(self, tokens, valid=None, return_all_layers: bool = False):
+    def __call__(self, tokens, valid=None, return_all_layers: bool = False,
+                 return_clip: bool = False):
         """tokens [batch, n, width], valid [batch, n] (False = padding, never attended to).
 
-        Returns the final-norm output, and with return_all_layers also every block's output
-        [depth, batch, n, width] taken before the final norm (what the targets are built from).
+        Returns the final-norm output [batch, n, width]; with return_all_layers also every
+        block's output [depth, batch, n, width] taken before the final norm (what the targets
+        are built from); with return_clip (a clip_token encoder) also the clip token's final-norm
+        output [batch, width], last.
         """
         stack = TransformerStack(self.stack, name="transformer")
         final_norm = layer_norm(FINAL_NORM_EPS, "final_norm")
-        if return_all_layers:
-            last, layers = stack(tokens, valid, return_all=True)
-            return final_norm(last), layers
-        return final_norm(stack(tokens, valid))
+        if self.clip_token:
+            tokens, valid = self.prepend_clip_token(tokens, valid)
+        last, layers = stack(tokens, valid, return_all=True) if return_all_layers else (
+            stack(tokens, valid), None)
+        out = final_norm(last)
+        clip = None
+        if self.clip_token:
+            clip, out = out[:, 0], out[:, 1:]
+            layers = None if layers is None else layers[:, :, 1:]
+        elif return_clip:
+            raise ValueError("return_clip needs an encoder with clip_token=True")
+        result = (out,) + ((layers,) if return_all_layers else ()) + ((clip,) if return_clip
+                                                                       else ())
+        return result[0] if len(result) == 1 else result
+
+    def prepend_clip_token(self, tokens, valid):
+        token = self.param("clip_token", partitioned(nn.initializers.normal(0.02), ("embed",)),
+                           (self.width,))
+        batch = tokens.shape[0]
+        tokens = jnp.concatenate(
+            [jnp.broadcast_to(token.astype(tokens.dtype), (batch, 1, self.width)), tokens], 1)
+        if valid is None:
+            return tokens, None
+        return tokens, jnp.concatenate([jnp.ones((batch, 1), bool), valid], 1)
 
 
 class Predictor(nn.Module):
@@ -192,7 +221,7 @@ def frontend_and_encoder(fields: Mapping, *, dtype=jnp.float32, scan: bool = Tru
     encoder = Encoder(StackConfig(
         fields["encoder_depth"], fields["encoder_width"], fields["encoder_heads"],
         fields["encoder_mlp"], norm_first=fields["norm_first"], eps=fields["layer_norm_eps"],
-        dtype=dtype, scan=scan, remat=remat))
+        dtype=dtype, scan=scan, remat=remat), clip_token=fields.get("clip_token", False))
     return frontend, encoder
 
 

@@ -141,13 +141,15 @@ def clip_vicreg(embeddings: jax.Array, crops_per_clip: int) -> jax.Array:
 
 
 def clip_loss(context: jax.Array, valid: jax.Array, crops_per_clip: int, kind: str,
-              temperature: float, head=None, channels: int = 0) -> jax.Array:
-    """The clip-level term on the mean-pooled context outputs of every crop, after `head`
-    (a function of the pooled embeddings) when given. channels > 0: on the first `channels`
-    output channels only, so the others are shaped by the frame-level terms alone."""
+              temperature: float, head=None, channels: int = 0,
+              clip_token: jax.Array | None = None) -> jax.Array:
+    """The clip-level term on the mean-pooled context outputs of every crop, or on the clip
+    token's outputs [batch, width] when given, after `head` (a function of the embeddings) when
+    given. channels > 0: on the first `channels` output channels only, so the others are shaped
+    by the frame-level terms alone."""
+    embeddings = pooled(context, valid) if clip_token is None else clip_token
     if channels:
-        context = context[..., :channels]
-    embeddings = pooled(context, valid)
+        embeddings = embeddings[..., :channels]
     if head is not None:
         embeddings = head(embeddings)
     if kind == "contrastive":
@@ -237,7 +239,8 @@ def wavjepa_loss(model: WavJEPA, params, target_params, audio, masks: Masks, *,
     with jax.named_scope("context_encoder"):
         context_tokens = gather_frames(tokens, masks.context_idx)
         context = model.encoder.apply({"params": params["encoder"]}, context_tokens,
-                                      masks.context_valid)
+                                      masks.context_valid, return_clip=model.encoder.clip_token)
+        context, clip_token = context if model.encoder.clip_token else (context, None)
     with jax.named_scope("predictor"):
         predictions = predict_groups(model, params["predictor"], context, masks, tokens.shape[1])
 
@@ -260,7 +263,8 @@ def wavjepa_loss(model: WavJEPA, params, target_params, audio, masks: Masks, *,
         head = None if "clip_head" not in params else (
             lambda x: model.clip_head.apply({"params": params["clip_head"]}, x))
         clip = (clip_loss(context, masks.context_valid, crops_per_clip, clip_objective,
-                          clip_temperature, head, clip_channels) if clip_weight else 0.0)
+                          clip_temperature, head, clip_channels, clip_token)
+                if clip_weight else 0.0)
         spectrogram = (context_spectrogram_loss(model, params, audio, context, masks,
                                                 tokens.shape[1]) if spectrogram_weight else 0.0)
         loss = (predicted + variance_weight * variance + covariance_weight * covariance
