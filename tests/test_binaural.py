@@ -1,6 +1,9 @@
 """The binaural WavJEPA-Nat model: two front ends, one sequence, a time/channel code, masks that
 hide a time span in both ears, context-only compute as for mono; its encoder downstream."""
 
+import os
+import types
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -120,6 +123,33 @@ def test_binaural_encoder_downstream_mono_duplicated_and_embedding_is_the_ear_me
     np.testing.assert_allclose(duplicated, encoder.embed(np.repeat(mono, 2, 0), 16_000).frames,
                                atol=1e-5)
     assert encoder.embed_clip(stereo, 16_000).shape == (64,)
+
+
+def test_probe_reverb_on_a_binaural_encoder_hears_each_clip_in_a_binaural_room(tmp_path):
+    import json
+    import soundfile
+    from wavjepa_jax import probe
+    model, config, params = binaural_model()
+    export.save_encoder(str(tmp_path / "export"), params, config, sample_rate=16_000,
+                        chunk_samples=SAMPLES, source={"kind": "test"})
+    rng = np.random.default_rng(0)
+    for split, count in (("train", 4), ("test", 2)):
+        for label, hz in (("low", 300.0), ("high", 3_000.0)):
+            os.makedirs(tmp_path / "data" / split / label)
+            for i in range(count):
+                t = np.arange(8_000) / 16_000
+                wave = 0.3 * np.sin(2 * np.pi * hz * rng.uniform(0.9, 1.1) * t)
+                soundfile.write(tmp_path / "data" / split / label / f"{i}.wav", wave, 16_000)
+    out = tmp_path / "r.json"
+    probe.main(["--encoder", str(tmp_path / "export"), "--data", str(tmp_path / "data"),
+                "--out", str(out), "--reverb", "--steps", "50"])
+    results = json.loads(out.read_text())
+    assert 0.0 <= results["test_reverb"] <= 1.0 and results["reverb_rooms"] == "statistical"
+    # What the encoder was fed: the mono clip through a 2-channel response, ears not identical.
+    binaural = types.SimpleNamespace(sample_rate=16_000, in_channels=2)
+    clip = (0.1 * rng.standard_normal((1, 8_000))).astype(np.float32)
+    heard = probe.prepare_clip(binaural, clip, 16_000, rooms=probe.reverb_rooms(binaural, 0))
+    assert heard.shape == (2, 8_000) and not np.allclose(heard[0], heard[1])
 
 
 def test_binaural_configs_that_cannot_work_are_refused():
