@@ -25,7 +25,8 @@ on a 2-core CPU, linear probes, mean of 5 tasks): 39.3% (step 0) -> 50.2% clean 
 17.5% -> 35.8% at 0 dB SNR (39.8% at step 1,000; log-mel: 61.2% clean, 20.4% at 0 dB).
 Speaker 58.1 -> 88.8, language 37.8 -> 63.3, spoken digits 20.0 -> 32.7, instrument
 38.2 -> 43.1; above log-mel clean on language and instrument, at 0 dB on speaker, language and
-instrument. Pitch falls (42.2 -> 23.3): the clip term makes the features note-invariant.
+instrument. Pitch falls (42.2 -> 23.3): the clip term makes the features note-invariant (in
+every contrastive form tried, benchmarks/LEARNING.md), and the spectrogram term may cost pitch too.
 """
 
 from wavjepa_jax import configuration
