@@ -237,6 +237,7 @@ def test_unknown_override_key_stops_at_start_up(tmp_path):
     assert "no_such_leaf" in result.stderr
 
 
+@pytest.mark.slow  # ~70 s; the fast tier trains through the CLI in test_checkpoint and test_probe.
 def test_cli_tiny_run_writes_metrics_and_the_loss_falls(tmp_path):
     # A relative --workdir, as in the README's first command.
     result = cli("--config", os.path.join(REPO, "configs/tiny.py"), "--workdir", "run",

@@ -24,6 +24,7 @@ import argparse
 import concurrent.futures
 import dataclasses
 import json
+import multiprocessing
 import os
 
 import numpy as np
@@ -116,9 +117,13 @@ def make_room(output: str, index: int, args: argparse.Namespace) -> dict:
 
 def make_bank(args: argparse.Namespace) -> list[dict]:
     os.makedirs(args.output, exist_ok=True)
-    with concurrent.futures.ProcessPoolExecutor(args.workers) as pool:
-        rooms = list(pool.map(make_room, [args.output] * args.rooms, range(args.rooms),
-                              [args] * args.rooms))
+    jobs = ([args.output] * args.rooms, range(args.rooms), [args] * args.rooms)
+    if args.workers == 1:
+        rooms = list(map(make_room, *jobs))
+    else:  # "spawn": forking a process that runs JAX threads can deadlock.
+        with concurrent.futures.ProcessPoolExecutor(
+                args.workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+            rooms = list(pool.map(make_room, *jobs))
     with open(os.path.join(args.output, "rooms.json"), "w") as f:
         json.dump({"sample_rate": args.sample_rate, "channels": args.channels,
                    "seed": args.seed, "rooms": rooms}, f, indent=1)
