@@ -125,6 +125,7 @@ def test_binaural_encoder_downstream_mono_duplicated_and_embedding_is_the_ear_me
     assert encoder.embed_clip(stereo, 16_000).shape == (64,)
 
 
+@pytest.mark.slow  # ~20 s: exports, then probes, a binaural encoder end to end.
 def test_probe_reverb_on_a_binaural_encoder_hears_each_clip_in_a_binaural_room(tmp_path):
     import json
     import soundfile

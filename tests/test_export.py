@@ -123,48 +123,45 @@ def test_safetensors_file_reads_with_the_reference_library(exported, tmp_path):
     np.testing.assert_array_equal(back["a"], np.arange(6).reshape(2, 3))
 
 
-def test_unrolled_layers_are_exported_in_the_scanned_layout(tmp_path):
+def tiny_encoder_export(tmp_path, **model_overrides):
+    """A tiny model's {'frontend', 'encoder'} params (a clip token moved off its init), exported
+    to tmp_path and loaded back; also the training-side function of the same params."""
     model_config = configuration.model_config("tiny")
-    model_config.scan_layers = False
+    model_config.update(model_overrides)
     model = WavJEPA.from_config(model_config)
     key = jax.random.PRNGKey(0)
     params = nn.meta.unbox({
         "frontend": jax.jit(model.frontend.init)(key, np.zeros((1, 400), np.float32))["params"],
         "encoder": jax.jit(model.encoder.init)(key, np.zeros((1, 4, 64), np.float32))["params"]})
+    if "clip_token" in params["encoder"]:
+        params["encoder"]["clip_token"] = params["encoder"]["clip_token"] + 1.0  # Not its init.
     export.save_encoder(str(tmp_path), params, model_config, sample_rate=16_000,
                         chunk_samples=32_160, source={"kind": "test"})
-    encoder = wavjepa_jax.load_encoder(tmp_path)
-    blocks = encoder.params["encoder"]["transformer"]["blocks"]
-    assert blocks["attention"]["query_kernel"].shape == (2, 64, 4, 16)
+    training_side = jax.jit(lambda x: model.encoder.apply(
+        {"params": params["encoder"]}, model.frontend.apply({"params": params["frontend"]}, x)))
+    return wavjepa_jax.load_encoder(tmp_path), params, training_side
+
+
+def assert_embeds_like_training(encoder, training_side):
     audio = audio_lib.standardise(
         np.random.default_rng(0).standard_normal((2, 32_160)).astype(np.float32))
-    unrolled = jax.jit(lambda p, x: model.encoder.apply(
-        {"params": p["encoder"]}, model.frontend.apply({"params": p["frontend"]}, x)))
     np.testing.assert_allclose(jax.jit(encoder.apply)(encoder.params, audio),
-                               unrolled(params, audio), atol=1e-5)
+                               training_side(audio), atol=1e-5)
+
+
+def test_unrolled_layers_are_exported_in_the_scanned_layout(tmp_path):
+    encoder, _, unrolled = tiny_encoder_export(tmp_path, scan_layers=False)
+    blocks = encoder.params["encoder"]["transformer"]["blocks"]
+    assert blocks["attention"]["query_kernel"].shape == (2, 64, 4, 16)
+    assert_embeds_like_training(encoder, unrolled)
 
 
 def test_clip_token_travels_with_the_export_and_frames_still_see_it(tmp_path):
-    model_config = configuration.model_config("tiny")
-    model_config.clip_token = True
-    model = WavJEPA.from_config(model_config)
-    key = jax.random.PRNGKey(0)
-    params = nn.meta.unbox({
-        "frontend": jax.jit(model.frontend.init)(key, np.zeros((1, 400), np.float32))["params"],
-        "encoder": jax.jit(model.encoder.init)(key, np.zeros((1, 4, 64), np.float32))["params"]})
-    params["encoder"]["clip_token"] = params["encoder"]["clip_token"] + 1.0  # Not its init.
-    export.save_encoder(str(tmp_path), params, model_config, sample_rate=16_000,
-                        chunk_samples=32_160, source={"kind": "test"})
-    encoder = wavjepa_jax.load_encoder(tmp_path)
+    encoder, params, trained = tiny_encoder_export(tmp_path, clip_token=True)
     assert encoder.config["model"]["clip_token"] is True
     np.testing.assert_array_equal(encoder.params["encoder"]["clip_token"],
                                   params["encoder"]["clip_token"])
-    audio = audio_lib.standardise(
-        np.random.default_rng(0).standard_normal((2, 32_160)).astype(np.float32))
-    trained = jax.jit(lambda p, x: model.encoder.apply(
-        {"params": p["encoder"]}, model.frontend.apply({"params": p["frontend"]}, x)))
-    np.testing.assert_allclose(jax.jit(encoder.apply)(encoder.params, audio),
-                               trained(params, audio), atol=1e-5)
+    assert_embeds_like_training(encoder, trained)
 
 
 def test_missing_export_and_newer_format_are_clear_errors(tmp_path):

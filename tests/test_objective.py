@@ -138,6 +138,7 @@ def test_regularisers_add_to_the_loss_and_reach_the_encoder(setup):
     assert float(regular.variance_loss) > 0
 
 
+@pytest.mark.slow  # ~25 s; the EMA front end's training run is in the slow tier as well.
 def test_an_ema_front_end_gives_the_targets_their_own_tokens(setup):
     model, config, params, target, masks, audio = setup
     ema_frontend = jax.tree.map(lambda x: x * 0.5, params["frontend"])
@@ -213,6 +214,7 @@ def test_clip_term_on_the_first_channels_leaves_the_others_to_the_frame_terms(se
     assert float(jnp.abs(grad[..., :16]).max()) > 0 and float(jnp.abs(grad[..., 16:]).max()) == 0
 
 
+@pytest.mark.slow  # ~30 s: a compile of the loss and its gradient with a clip-token encoder.
 def test_clip_term_reads_the_clip_token_when_the_encoder_has_one(setup):
     model, config, params, target, masks, audio = setup
     config = configuration.model_config("tiny")
