@@ -73,9 +73,8 @@ class Encoder(nn.Module):
             layers = None if layers is None else layers[:, :, 1:]
         elif return_clip:
             raise ValueError("return_clip needs an encoder with clip_token=True")
-        result = (out,) + ((layers,) if return_all_layers else ()) + ((clip,) if return_clip
-                                                                       else ())
-        return result[0] if len(result) == 1 else result
+        extras = (layers,) * return_all_layers + (clip,) * return_clip
+        return (out, *extras) if extras else out
 
     def prepend_clip_token(self, tokens, valid):
         token = self.param("clip_token", partitioned(nn.initializers.normal(0.02), ("embed",)),
