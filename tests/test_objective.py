@@ -302,3 +302,28 @@ def test_spectrogram_term_regresses_the_clean_log_mel_at_each_context_frame():
     for name in ("spectrogram_head", "encoder", "frontend"):
         assert optax_norm(grads[0][name]) > 0, name
     assert optax_norm(grads[0]["predictor"]) == 0 and optax_norm(grads[1]) == 0
+
+
+def test_spectrogram_floor_lifts_quiet_bins_to_each_crops_peak_minus_the_floor():
+    # Crop 0: a tone, then digital silence; crop 1: the same tone 40 dB quieter throughout.
+    t = np.arange(SAMPLES) / 16_000
+    tone = np.sin(2 * np.pi * 440 * t).astype(np.float32)
+    audio = jnp.asarray(np.stack([np.where(t < t[-1] / 2, tone, 0.0), 0.01 * tone]))
+    log_mels = objective.logmel.frame_aligned_log_mel(audio, 200, 240,
+                                                      objective.logmel.LogMelFeatures(n_mels=16))
+    floored = np.asarray(objective.floor_below_peak(log_mels, 60.0))
+    peaks = np.asarray(log_mels).max(axis=(1, 2))
+    for crop in range(2):
+        floor = peaks[crop] - 6.0 * np.log(10.0)
+        np.testing.assert_allclose(floored[crop].min(), floor, rtol=1e-6)
+        raw = np.asarray(log_mels[crop])
+        np.testing.assert_allclose(floored[crop][raw > floor], raw[raw > floor])
+    # The floor is per crop: the quiet crop keeps its own 60 dB range, not the loud crop's.
+    assert floored[1].min() < floored[0].min() - 8
+    # The silent half of crop 0 sat at log(1e-6); floored, it is 60 dB below the tone's peak.
+    assert np.asarray(log_mels)[0, -1].max() < peaks[0] - 17
+    targets = objective.spectrogram_targets(audio, 200, 240, 16, floor_db=60.0)
+    expected = (floored - floored.mean((0, 1))) / (floored.std((0, 1)) + 1e-3)
+    np.testing.assert_allclose(np.asarray(targets), expected, rtol=1e-4, atol=1e-4)
+    assert not np.allclose(np.asarray(objective.spectrogram_targets(audio, 200, 240, 16)),
+                           expected, atol=1e-2)

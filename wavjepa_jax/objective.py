@@ -20,7 +20,9 @@ Options beyond the release (each off by default, see README "Does it learn?"):
                           channels or only the first `clip_channels`
   spectrogram_weight      a linear head on each context-encoder output frame regresses the
                           standardised log-mel of the clean audio at that frame (what a JEPA's
-                          latent targets let the encoder drop: pitch, phonetic detail)
+                          latent targets let the encoder drop: pitch, phonetic detail), its
+                          values floored `spectrogram_floor_db` below each crop's loudest
+                          (0: no floor)
   context_audio           the context branch reads other (e.g. noisy) audio than the targets
 """
 
@@ -165,12 +167,24 @@ def standardise_bands(log_mels: jax.Array) -> jax.Array:
     return (log_mels - mean) / (std + 1e-3)
 
 
+def floor_below_peak(log_mels: jax.Array, floor_db: float) -> jax.Array:
+    """Each crop's log-mels [batch, frames, bands] raised to at least its largest value minus
+    `floor_db` decibels (natural-log power units: 1 dB = ln(10) / 10). Without a floor, digital
+    silence (log 1e-6 = -13.8) and bands 60-90 dB down dominate the target's variance: noise-floor
+    detail nothing hears and a noisy context cannot predict."""
+    peak = jnp.max(log_mels, axis=(1, 2), keepdims=True)
+    return jnp.maximum(log_mels, peak - floor_db * jnp.log(10.0) / 10.0)
+
+
 def spectrogram_targets(audio: jax.Array, num_frames: int, receptive_field: int,
-                        bands: int) -> jax.Array:
+                        bands: int, floor_db: float = 0.0) -> jax.Array:
     """Standardised log-mels of `audio` [batch, samples], one per encoder frame:
-    [batch, num_frames, bands], under stop_gradient."""
+    [batch, num_frames, bands], under stop_gradient; floored `floor_db` below each crop's peak
+    first when floor_db > 0."""
     log_mels = logmel.frame_aligned_log_mel(audio, num_frames, receptive_field,
                                             logmel.LogMelFeatures(n_mels=bands))
+    if floor_db > 0:
+        log_mels = floor_below_peak(log_mels, floor_db)
     return jax.lax.stop_gradient(standardise_bands(log_mels))
 
 
@@ -224,7 +238,7 @@ def wavjepa_loss(model: WavJEPA, params, target_params, audio, masks: Masks, *,
                  covariance_weight: float = 0.0, clip_weight: float = 0.0,
                  clip_objective: str = "contrastive", clip_temperature: float = 0.1,
                  clip_channels: int = 0, crops_per_clip: int = 1, spectrogram_weight: float = 0.0,
-                 context_audio=None) -> LossOutputs:
+                 spectrogram_floor_db: float = 0.0, context_audio=None) -> LossOutputs:
     """The training loss for a batch of crops `audio` [batch, samples] and their masks.
 
     target_frontend_params: None (the release) feeds the target encoder the online front end's
@@ -266,7 +280,8 @@ def wavjepa_loss(model: WavJEPA, params, target_params, audio, masks: Masks, *,
                           clip_temperature, head, clip_channels, clip_token)
                 if clip_weight else 0.0)
         spectrogram = (context_spectrogram_loss(model, params, audio, context, masks,
-                                                tokens.shape[1]) if spectrogram_weight else 0.0)
+                                                tokens.shape[1], spectrogram_floor_db)
+                       if spectrogram_weight else 0.0)
         loss = (predicted + variance_weight * variance + covariance_weight * covariance
                 + clip_weight * clip + spectrogram_weight * spectrogram)
     as_f32 = lambda x: jnp.asarray(x, jnp.float32)  # noqa: E731
@@ -275,12 +290,13 @@ def wavjepa_loss(model: WavJEPA, params, target_params, audio, masks: Masks, *,
 
 
 def context_spectrogram_loss(model: WavJEPA, params, audio, context, masks: Masks,
-                             num_frames: int) -> jax.Array:
+                             num_frames: int, floor_db: float = 0.0) -> jax.Array:
     """The spectrogram term: the linear head on every context output frame against the clean
     audio's standardised log-mel at that frame (targets from `audio`, so noisy context input makes
     it a denoising task)."""
     field, _ = frontend_lib.receptive_field(model.frontend.conv_layers)
-    targets = spectrogram_targets(audio, num_frames, field, model.spectrogram_head.bands)
+    targets = spectrogram_targets(audio, num_frames, field, model.spectrogram_head.bands,
+                                  floor_db)
     predicted = model.spectrogram_head.apply({"params": params["spectrogram_head"]}, context)
     return frame_regression_loss(predicted, gather_frames(targets, masks.context_idx),
                                  masks.context_valid)
