@@ -327,3 +327,20 @@ def test_spectrogram_floor_lifts_quiet_bins_to_each_crops_peak_minus_the_floor()
     np.testing.assert_allclose(np.asarray(targets), expected, rtol=1e-4, atol=1e-4)
     assert not np.allclose(np.asarray(objective.spectrogram_targets(audio, 200, 240, 16)),
                            expected, atol=1e-2)
+
+
+def test_cepstral_spectrogram_targets_are_the_standardised_orthonormal_dct_of_the_log_mels():
+    import scipy.fft
+    dct = np.asarray(objective.dct_matrix(16))
+    np.testing.assert_allclose(dct.T @ dct, np.eye(16), atol=1e-5)
+    x = np.random.default_rng(0).normal(size=(3, 16))
+    np.testing.assert_allclose(x @ dct, scipy.fft.dct(x, norm="ortho", axis=-1), atol=1e-5)
+    audio = jax.random.normal(jax.random.PRNGKey(0), (2, SAMPLES))
+    log_mels = np.asarray(objective.floor_below_peak(objective.logmel.frame_aligned_log_mel(
+        audio, 200, 240, objective.logmel.LogMelFeatures(n_mels=16)), 60.0), np.float64)
+    cepstra = scipy.fft.dct(log_mels, norm="ortho", axis=-1)
+    expected = (cepstra - cepstra.mean((0, 1))) / (cepstra.std((0, 1)) + 1e-3)
+    targets = objective.spectrogram_targets(audio, 200, 240, 16, floor_db=60.0, kind="cepstrum")
+    np.testing.assert_allclose(np.asarray(targets), expected, rtol=1e-3, atol=1e-3)
+    with pytest.raises(ValueError, match="'mel' or 'cepstrum'"):
+        objective.spectrogram_targets(audio, 200, 240, 16, kind="mfcc")

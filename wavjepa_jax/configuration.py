@@ -179,12 +179,13 @@ def default_config() -> ml_collections.ConfigDict:
     # "contrastive" (InfoNCE, crops of a clip are positives) or "vicreg". Needs crops_per_clip >= 2.
     # A spectrogram term (0: off): each context output frame regresses, through a linear head of
     # model.spectrogram_bands outputs, the standardised log-mel of the clean audio at that frame,
-    # floored spectrogram_floor_db below each crop's loudest value (0: no floor).
+    # floored spectrogram_floor_db below each crop's loudest value (0: no floor); as log-mels
+    # ("mel") or their DCT over the bands ("cepstrum"), each band or coefficient standardised.
     config.loss = ml_collections.ConfigDict(dict(
         variance_weight=0.0, covariance_weight=0.0,
         clip_weight=0.0, clip_objective="contrastive", clip_temperature=0.1,
         clip_channels=0,           # > 0: the clip term sees only the first N output channels.
-        spectrogram_weight=0.0, spectrogram_floor_db=0.0))
+        spectrogram_weight=0.0, spectrogram_floor_db=0.0, spectrogram_target="mel"))
 
     # Noise on the context branch's input only (prob 0: off, the release); targets stay clean.
     # Gaussian noise with power ~ 1/f^colour, colour uniform in [0, max_colour], at an SNR drawn
@@ -294,6 +295,9 @@ def validate(config: ml_collections.ConfigDict, mesh=None, process_count: int = 
                  "spectrogram_floor_db"):
         if config.loss.get(name, 0.0) < 0:
             raise ValueError(f"loss.{name}={config.loss[name]} must be >= 0")
+    if config.loss.get("spectrogram_target", "mel") not in ("mel", "cepstrum"):
+        raise ValueError(f"loss.spectrogram_target={config.loss.spectrogram_target!r} must be "
+                         "'mel' or 'cepstrum'")
     if config.loss.clip_weight:
         if config.loss.clip_objective not in ("contrastive", "vicreg"):
             raise ValueError(f"loss.clip_objective={config.loss.clip_objective!r} must be "
