@@ -284,17 +284,27 @@ def test_spectrogram_term_regresses_the_clean_log_mel_at_each_context_frame():
         audio, 200, 240, logmel.LogMelFeatures(n_mels=16)), np.float64)
     mels = (mels - mels.mean((0, 1))) / (mels.std((0, 1)) + 1e-3)
     head = params["spectrogram_head"]["out"]
-    predicted = np.asarray(out.context_features, np.float64) @ np.asarray(head["kernel"]) + \
-        np.asarray(head["bias"])
-    errors = []
-    for row in range(2):
-        for slot, (frame, valid) in enumerate(zip(masks.context_idx[row],
-                                                  masks.context_valid[row])):
-            if valid:
-                errors.append(np.mean((predicted[row, slot] - mels[row, int(frame)]) ** 2))
+
+    def errors_by_hand(outputs, rows=(0, 1)):
+        predicted = np.asarray(outputs.context_features, np.float64) @ np.asarray(
+            head["kernel"]) + np.asarray(head["bias"])
+        return [np.mean((predicted[row, slot] - mels[row, int(frame)]) ** 2)
+                for row in rows
+                for slot, (frame, valid) in enumerate(zip(masks.context_idx[row],
+                                                          masks.context_valid[row])) if valid]
+
+    errors = errors_by_hand(out)
     assert float(out.spectrogram_loss) == pytest.approx(np.mean(errors), rel=1e-4)
     assert float(out.loss) == pytest.approx(float(plain.loss) + 0.5 * np.mean(errors), rel=1e-4)
     assert float(plain.spectrogram_loss) == 0.0
+    # spectrogram_clean_only: the crops whose context input is noisy drop out of the term.
+    clean_only = jax.jit(lambda p, context_audio: objective.wavjepa_loss(  # noqa: E731
+        model, p, p["encoder"], audio, masks, spectrogram_weight=0.5, top_k=2,
+        target_norm="example", context_audio=context_audio, spectrogram_clean_only=True))
+    assert float(clean_only(params, noisy).spectrogram_loss) == 0.0
+    first_clean = clean_only(params, noisy.at[0].set(audio[0]))
+    assert float(first_clean.spectrogram_loss) == pytest.approx(
+        np.mean(errors_by_hand(first_clean, rows=(0,))), rel=1e-4)
     # It trains the head, the encoder and the front end; never the target parameters.
     grads = jax.jit(jax.grad(lambda p, t: objective.wavjepa_loss(
         model, p, t, audio, masks, spectrogram_weight=1.0, **kwargs).spectrogram_loss,

@@ -180,12 +180,14 @@ def default_config() -> ml_collections.ConfigDict:
     # A spectrogram term (0: off): each context output frame regresses, through a linear head of
     # model.spectrogram_bands outputs, the standardised log-mel of the clean audio at that frame,
     # floored spectrogram_floor_db below each crop's loudest value (0: no floor); as log-mels
-    # ("mel") or their DCT over the bands ("cepstrum"), each band or coefficient standardised.
+    # ("mel") or their DCT over the bands ("cepstrum"), each band or coefficient standardised;
+    # spectrogram_clean_only: only on the crops whose context input augment left clean.
     config.loss = ml_collections.ConfigDict(dict(
         variance_weight=0.0, covariance_weight=0.0,
         clip_weight=0.0, clip_objective="contrastive", clip_temperature=0.1,
         clip_channels=0,           # > 0: the clip term sees only the first N output channels.
-        spectrogram_weight=0.0, spectrogram_floor_db=0.0, spectrogram_target="mel"))
+        spectrogram_weight=0.0, spectrogram_floor_db=0.0, spectrogram_target="mel",
+        spectrogram_clean_only=False))
 
     # Noise on the context branch's input only (prob 0: off, the release); targets stay clean.
     # Gaussian noise with power ~ 1/f^colour, colour uniform in [0, max_colour], at an SNR drawn

@@ -260,7 +260,7 @@ def wavjepa_loss(model: WavJEPA, params, target_params, audio, masks: Masks, *,
                  clip_objective: str = "contrastive", clip_temperature: float = 0.1,
                  clip_channels: int = 0, crops_per_clip: int = 1, spectrogram_weight: float = 0.0,
                  spectrogram_floor_db: float = 0.0, spectrogram_target: str = "mel",
-                 context_audio=None) -> LossOutputs:
+                 spectrogram_clean_only: bool = False, context_audio=None) -> LossOutputs:
     """The training loss for a batch of crops `audio` [batch, samples] and their masks.
 
     target_frontend_params: None (the release) feeds the target encoder the online front end's
@@ -301,9 +301,11 @@ def wavjepa_loss(model: WavJEPA, params, target_params, audio, masks: Masks, *,
         clip = (clip_loss(context, masks.context_valid, crops_per_clip, clip_objective,
                           clip_temperature, head, clip_channels, clip_token)
                 if clip_weight else 0.0)
+        spectrogram_crops = (clean_context_crops(audio, context_audio)
+                             if spectrogram_clean_only else None)
         spectrogram = (context_spectrogram_loss(model, params, audio, context, masks,
                                                 tokens.shape[1], spectrogram_floor_db,
-                                                spectrogram_target)
+                                                spectrogram_target, spectrogram_crops)
                        if spectrogram_weight else 0.0)
         loss = (predicted + variance_weight * variance + covariance_weight * covariance
                 + clip_weight * clip + spectrogram_weight * spectrogram)
@@ -312,15 +314,22 @@ def wavjepa_loss(model: WavJEPA, params, target_params, audio, masks: Masks, *,
                        as_f32(spectrogram), context, targets)
 
 
+def clean_context_crops(audio: jax.Array, context_audio) -> jax.Array:
+    """[batch] bool: the crops whose context input is the clean audio itself."""
+    if context_audio is None:
+        return jnp.ones(audio.shape[:1], bool)
+    return jnp.all(context_audio == audio, axis=tuple(range(1, audio.ndim)))
+
+
 def context_spectrogram_loss(model: WavJEPA, params, audio, context, masks: Masks,
-                             num_frames: int, floor_db: float = 0.0,
-                             kind: str = "mel") -> jax.Array:
+                             num_frames: int, floor_db: float = 0.0, kind: str = "mel",
+                             crops=None) -> jax.Array:
     """The spectrogram term: the linear head on every context output frame against the clean
     audio's standardised log-mel at that frame (targets from `audio`, so noisy context input makes
-    it a denoising task)."""
+    it a denoising task), over the crops selected by `crops` [batch] bool (None: all)."""
     field, _ = frontend_lib.receptive_field(model.frontend.conv_layers)
     targets = spectrogram_targets(audio, num_frames, field, model.spectrogram_head.bands,
                                   floor_db, kind)
     predicted = model.spectrogram_head.apply({"params": params["spectrogram_head"]}, context)
-    return frame_regression_loss(predicted, gather_frames(targets, masks.context_idx),
-                                 masks.context_valid)
+    valid = masks.context_valid if crops is None else masks.context_valid & crops[:, None]
+    return frame_regression_loss(predicted, gather_frames(targets, masks.context_idx), valid)

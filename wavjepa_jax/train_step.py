@@ -71,7 +71,8 @@ def make_train_step(model: WavJEPA, config: ml_collections.ConfigDict,
         crops_per_clip=config.data.crops_per_clip,
         spectrogram_weight=config.loss.get("spectrogram_weight", 0.0),
         spectrogram_floor_db=config.loss.get("spectrogram_floor_db", 0.0),
-        spectrogram_target=config.loss.get("spectrogram_target", "mel"))
+        spectrogram_target=config.loss.get("spectrogram_target", "mel"),
+        spectrogram_clean_only=config.loss.get("spectrogram_clean_only", False))
     noisy_context = config.augment.prob > 0
 
     def logged_only(step_done, compute):
