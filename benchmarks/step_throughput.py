@@ -14,6 +14,9 @@ target_encoder, loss, optimizer, ema; forward vs backward) and the top kernels.
 `--max-batch` adds the largest batch whose compiled step fits the device's memory (compiles only:
 doubling, then bisection in steps of what the mesh and data.crops_per_clip allow; the budget is the
 device's own limit or --memory-gib).
+`--release PATH` first times the public PyTorch release's step from a local checkout at the same
+batch (`benchmarks/release_step.py`, in its own process and before JAX takes the device) and adds
+its step time and our speed relative to it, so the ratio comes from one run on one machine.
 Anything after `--` overrides the config as on the training command line.
 """
 
@@ -21,10 +24,12 @@ from __future__ import annotations
 
 import collections
 import glob
+import json
 import math
 import os
 import re
 import statistics
+import subprocess
 import sys
 import time
 
@@ -180,6 +185,19 @@ def print_table(rows: list[tuple[str, str]]) -> None:
         print(f"| {key.ljust(width)} | {value} |")
 
 
+def time_release(path: str, batch: int, steps: int, warmup: int, compile_modules: bool) -> dict:
+    """The release's step timed by benchmarks/release_step.py in a child process: its RESULT."""
+    command = [sys.executable, os.path.join(ROOT, "benchmarks", "release_step.py"),
+               "--release", path, "--batch", str(batch), "--steps", str(steps),
+               "--warmup", str(warmup)] + (["--compile"] if compile_modules else [])
+    done = subprocess.run(command, capture_output=True, text=True)
+    results = [line for line in done.stdout.splitlines() if line.startswith("RESULT ")]
+    if done.returncode or not results:
+        tail = "\n".join((done.stdout + done.stderr).strip().splitlines()[-15:])
+        raise SystemExit(f"error: timing the release failed (exit {done.returncode}):\n{tail}")
+    return json.loads(results[-1][len("RESULT "):])
+
+
 def main() -> None:
     parser, argv, overrides = cli_args.parser_and_overrides(
         __doc__, "python benchmarks/step_throughput.py", sys.argv[1:])
@@ -195,9 +213,16 @@ def main() -> None:
                         help="Also find the largest batch whose compiled step fits in memory.")
     parser.add_argument("--memory-gib", type=float, default=None,
                         help="Memory per device for --max-batch (default: the device's limit).")
+    parser.add_argument("--release", default="",
+                        help="A checkout of the PyTorch release: time its step too (needs torch).")
+    parser.add_argument("--release-compile", action="store_true",
+                        help="With --release: the release's torch.compile.")
     args = parser.parse_args(argv)
 
     config = cli_args.load_config(args.config, overrides)
+    release = (time_release(args.release, config.batch_size, args.steps, args.warmup,
+                            args.release_compile) if args.release else None)
+    jnp.zeros(())  # JAX takes the device only now, after the release's process has let it go.
     mesh = sharding.make_mesh(config)
     configuration.validate(config, mesh, jax.process_count())
     budget = device_memory_bytes(args.memory_gib) if args.max_batch else None
@@ -244,6 +269,14 @@ def main() -> None:
          f"{summary['memory_per_device_bytes'] / 2**30:.2f}"
          if summary["memory_per_device_bytes"] else "-"),
     ]
+    if release:
+        rows += [
+            (f"{release['system']} step (s), median of {args.steps}",
+             f"{release['s_per_step']:.4f} (torch {release['torch']}, {release['device']})"),
+            ("release audio-s / s", f"{release['audio_s_per_s']:.2f}"),
+            ("speed vs the release (same batch, this run)",
+             f"{release['s_per_step'] / step_s:.2f}x"),
+        ]
     if args.max_batch:
         tried = ", ".join(f"{b}: {m / 2**30:.3f}" for b, m in sorted(measured.items()))
         rows.append((f"largest batch within {budget / 2**30:g} GiB per device",
@@ -266,5 +299,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    jnp.zeros(())  # Initialise the backend before argument errors can be mistaken for its logs.
     main()

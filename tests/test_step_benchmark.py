@@ -40,3 +40,132 @@ def test_tiny_run_prints_its_table_with_the_largest_batch():
     measured = {int(b): float(m) for b, m in re.findall(r"(\d+): ([\d.]+)", found)}
     assert batch % 4 == 0 and batch in measured and measured[batch] <= 0.11   # ~13 MB a crop
     assert all(m > 0.11 for b, m in measured.items() if b > batch) and len(measured) >= 2
+
+
+FAKE_RELEASE = {
+    "wavjepa/__init__.py": "",
+    "wavjepa/types/__init__.py": """
+class TransformerLayerCFG(dict):
+    @classmethod
+    def create(cls, d_model=768, **kwargs):
+        return cls(d_model=d_model)
+
+
+class TransformerEncoderCFG(dict):
+    @classmethod
+    def create(cls, num_layers=12):
+        return cls(num_layers=num_layers)
+""",
+    "wavjepa/extractors/__init__.py": """
+import torch
+
+
+class ConvFeatureExtractor(torch.nn.Module):
+    def __init__(self, conv_layers_spec, in_channels, depthwise):
+        super().__init__()
+        self.conv = torch.nn.Conv1d(in_channels, 4, 240, stride=160)
+""",
+    "wavjepa/masking.py": """
+import torch
+
+
+class TimeInverseBlockMasker:
+    def __init__(self, **kwargs):
+        self.kwargs = kwargs
+
+    def __call__(self, batch_size, n_times, in_channels):
+        context = torch.rand(batch_size, n_times) < 0.35
+        return context, torch.zeros(batch_size, 4, n_times, dtype=torch.bool), ~context
+""",
+    "wavjepa/jepa.py": """
+import copy
+
+import pytorch_lightning as pl
+import torch
+import transformers  # The release imports it for its LR schedule.
+
+
+class JEPA(pl.LightningModule):
+    def __init__(self, feature_extractor, transformer_encoder_cfg, transformer_encoder_layers_cfg,
+                 transformer_decoder_cfg, transformer_decoder_layers_cfg, lr=2e-4,
+                 ema_decay=0.999, **kwargs):
+        super().__init__()
+        self.save_hyperparameters(ignore=["feature_extractor"])
+        self.extract_audio = feature_extractor
+        self.encoder = torch.nn.Linear(4, 4)
+        self.teacher_encoder = copy.deepcopy(self.encoder).requires_grad_(False)
+        self.teacher_steps = 0
+
+    def forward(self, audio, ctx_masks, target_indices, ctx_and_target_masks):
+        features = self.encoder(self.extract_audio.conv(audio).transpose(1, 2))
+        visible = (~ctx_masks).unsqueeze(-1).float()
+        return {"loss": (features * visible).square().mean()}
+
+    def _step_teacher(self):
+        r = self.hparams.ema_decay
+        for student, teacher in zip(self.encoder.parameters(), self.teacher_encoder.parameters()):
+            teacher.data.mul_(r).add_((1 - r) * student.detach().data)
+        self.teacher_steps += 1
+""",
+}
+
+
+def fake_release(root) -> str:
+    """A stand-in checkout with the release's module layout and call signatures (tiny model)."""
+    for name, text in FAKE_RELEASE.items():
+        path = root / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text)
+    return str(root)
+
+
+def test_release_step_times_a_checkout_and_prints_its_result(tmp_path):
+    pytest.importorskip("torch")
+    import release_step
+    path = fake_release(tmp_path / "release")
+    result = subprocess.run(
+        [sys.executable, os.path.join(ROOT, "benchmarks", "release_step.py"), "--release", path,
+         "--batch", "16", "--steps", "3", "--warmup", "1", "--device", "cpu"],
+        capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    line = [x for x in result.stdout.splitlines() if x.startswith("RESULT ")][-1]
+    import json
+    record = json.loads(line[len("RESULT "):])
+    assert record["batch"] == 16 and record["device"] == "cpu" and record["s_per_step"] > 0
+    assert record["audio_s_per_s"] == pytest.approx(16 * 2.01 / record["s_per_step"])
+    assert record["trainable_params"] == 4 * 240 + 4 + 4 * 4 + 4   # Teacher excluded.
+    # The stand-in LightningModule records the constructor's arguments as hparams.
+    stand_in = release_step.lightning_stand_in()
+
+    class Model(stand_in.LightningModule):
+        def __init__(self, alpha, beta=2, **kwargs):
+            super().__init__()
+            self.save_hyperparameters(ignore=["beta"])
+
+    assert vars(Model(1).hparams) == {"alpha": 1}
+    bad = subprocess.run(
+        [sys.executable, os.path.join(ROOT, "benchmarks", "release_step.py"), "--release",
+         str(tmp_path / "nothing"), "--device", "cpu"], capture_output=True, text=True,
+        timeout=300)
+    assert bad.returncode != 0 and "cannot import the release" in bad.stderr
+    odd = subprocess.run(
+        [sys.executable, os.path.join(ROOT, "benchmarks", "release_step.py"), "--release", path,
+         "--batch", "12"], capture_output=True, text=True, timeout=300)
+    assert odd.returncode == 2 and "--batch=12 must be a positive multiple of 8" in odd.stderr
+
+
+@pytest.mark.slow  # A compile of the tiny step next to the stand-in release: ~40 s on 2 cores.
+def test_step_benchmark_with_release_reports_the_ratio_from_one_run(tmp_path):
+    pytest.importorskip("torch")
+    result = subprocess.run(
+        [sys.executable, os.path.join(ROOT, "benchmarks", "step_throughput.py"),
+         "--config", "configs/tiny.py", "--steps", "2", "--warmup", "1", "--no-flops",
+         "--release", fake_release(tmp_path / "release"), "--", "--config.batch_size=8"],
+        cwd=ROOT, capture_output=True, text=True, timeout=600,
+        env=dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=1"))
+    assert result.returncode == 0, result.stderr[-3000:]
+    rows = {key.strip(): value.strip()
+            for key, value in re.findall(r"^\| (.+?) \| (.+?) \|$", result.stdout, re.M)}
+    ours = float(rows["step (s), median of 2"].split()[0])
+    theirs = float(rows["release step (s), median of 2"].split()[0])
+    assert rows["speed vs the release (same batch, this run)"] == f"{theirs / ours:.2f}x"
