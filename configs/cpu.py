@@ -12,21 +12,23 @@ What differs from the release's objective, and why (README "Does it learn?"): at
 release's objective collapses within ~50 steps, so four options are on:
   - VICReg variance hinge and covariance penalty on the context encoder's frame outputs
     (`loss.variance_weight`, `loss.covariance_weight`) keep the features spread;
-  - a contrastive clip-level term (`loss.clip_weight`) on the first 64 of the 128 output channels
-    (`loss.clip_channels`): the pooled outputs of the two crops of each clip must pick each other
-    out of the batch; this is what learns speaker, language and instrument;
+  - a VICReg clip-level term (`loss.clip_objective="vicreg"`) through a 256-wide projector
+    (`model.clip_projector`, trained, never exported): the pooled outputs of the two crops of
+    each clip must agree, spread and decorrelated across clips (the contrastive form learns
+    speaker and instrument faster but erases pitch);
   - a spectrogram term (`loss.spectrogram_weight`, `model.spectrogram_bands`): a linear head on
-    every context output frame regresses the clean 64-band log-mel there; it lifts spoken digits;
+    every context output frame regresses the clean audio's cepstrum there (the DCT of its 64-band
+    log-mel floored 60 dB below the crop's peak, each coefficient standardised:
+    `loss.spectrogram_target`, `loss.spectrogram_floor_db`), which keeps pitch and words;
   - noise on half the context inputs at -5..20 dB with clean targets (`augment.prob`): robustness.
 Warmup and the EMA anneal are fractions of the run, so shorter or longer runs keep their shape.
 
-Measured (benchmarks/LEARNING.md, 2026-11-26, 2,000 steps, 61.1 min pretraining + 6.4 min probing
-on a 2-core CPU, linear probes, mean of 5 tasks): 39.3% (step 0) -> 50.2% clean and
-17.5% -> 35.8% at 0 dB SNR (39.8% at step 1,000; log-mel: 61.2% clean, 20.4% at 0 dB).
-Speaker 58.1 -> 88.8, language 37.8 -> 63.3, spoken digits 20.0 -> 32.7, instrument
-38.2 -> 43.1; above log-mel clean on language and instrument, at 0 dB on speaker, language and
-instrument. Pitch falls (42.2 -> 23.3): the clip term makes the features note-invariant (in
-every contrastive form tried, benchmarks/LEARNING.md), and the spectrogram term may cost pitch too.
+Measured (benchmarks/LEARNING.md, 2026-11-27, 2,000 steps, 63.2 min pretraining + 6.6 min
+probing on a 2-core CPU, linear probes, mean of 5 tasks): 39.3% (step 0) -> 61.7% clean
+(log-mel 61.2%), 27.1% -> 53.9% at 10 dB (36.5%) and 17.5% -> 47.1% at 0 dB SNR (20.4%).
+Pitch 42.2 -> 88.9, speaker 58.1 -> 93.8, language 37.8 -> 63.3, spoken digits 20.0 -> 36.0:
+above log-mel clean on pitch, speaker and language, at 0 dB on all but digits (12.7 vs 20.0).
+Instrument falls (38.2 -> 26.4): the one task this recipe does not learn yet.
 """
 
 from wavjepa_jax import configuration
@@ -42,10 +44,13 @@ def get_config(arg=None):
                         predictor_mlp=256, top_k_layers=2)
     config.loss.variance_weight = 1.0
     config.loss.covariance_weight = 0.04
-    config.loss.clip_weight = 1.0            # InfoNCE between the 2 crops of each clip,
-    config.loss.clip_channels = 64           # on half the output channels
-    config.loss.spectrogram_weight = 1.0     # each context frame -> its clean log-mel
+    config.loss.clip_weight = 1.0            # the 2 crops of each clip agree (VICReg),
+    config.loss.clip_objective = "vicreg"
+    config.model.clip_projector = 256        # through a projector that is not exported
+    config.loss.spectrogram_weight = 1.0     # each context frame -> its clean cepstrum
     config.model.spectrogram_bands = 64
+    config.loss.spectrogram_target = "cepstrum"
+    config.loss.spectrogram_floor_db = 60.0
     config.augment.prob = 0.5                # half the context inputs noisy, -5..20 dB
 
     config.batch_size = 32
