@@ -120,7 +120,6 @@ def fake_release(root) -> str:
 
 
 def test_release_step_times_a_checkout_and_prints_its_result(tmp_path):
-    pytest.importorskip("torch")
     import release_step
     path = fake_release(tmp_path / "release")
     result = subprocess.run(
@@ -156,7 +155,6 @@ def test_release_step_times_a_checkout_and_prints_its_result(tmp_path):
 
 @pytest.mark.slow  # A compile of the tiny step next to the stand-in release: ~40 s on 2 cores.
 def test_step_benchmark_with_release_reports_the_ratio_from_one_run(tmp_path):
-    pytest.importorskip("torch")
     result = subprocess.run(
         [sys.executable, os.path.join(ROOT, "benchmarks", "step_throughput.py"),
          "--config", "configs/tiny.py", "--steps", "2", "--warmup", "1", "--no-flops",
