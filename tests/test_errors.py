@@ -413,6 +413,8 @@ def _set(config, field, value):
                                           r"model\.spectrogram_bands=0"),
     ({"loss.spectrogram_floor_db": -10.0}, 1, r"loss\.spectrogram_floor_db=-10\.0 must be >= 0"),
     ({"loss.spectrogram_target": "mfcc"}, 1, r"loss\.spectrogram_target='mfcc' must be 'mel' or "),
+    ({"loss.spectrogram_mel_weight": 1.0}, 1, r"loss\.spectrogram_mel_weight=1\.0 .* needs "
+                                              r"loss\.spectrogram_target='cepstrum'"),
 ])
 def test_every_config_error_is_one_validate_call_before_anything_is_built(
         changes, processes, message, tmp_path, monkeypatch):

@@ -275,7 +275,8 @@ def test_spectrogram_term_regresses_the_clean_log_mel_at_each_context_frame():
     noisy = audio + jax.random.normal(jax.random.PRNGKey(3), audio.shape)
     kwargs = dict(top_k=2, target_norm="example", context_audio=noisy)
     loss = jax.jit(lambda p, weight: objective.wavjepa_loss(  # noqa: E731
-        model, p, p["encoder"], audio, masks, spectrogram_weight=weight, **kwargs),
+        model, p, p["encoder"], audio, masks,
+        spectrogram=objective.SpectrogramTerm(weight), **kwargs),
         static_argnums=1)
     plain, out = loss(params, 0.0), loss(params, 0.5)
     # By hand: log-mels of the CLEAN audio, standardised per band over the batch's frames,
@@ -299,15 +300,17 @@ def test_spectrogram_term_regresses_the_clean_log_mel_at_each_context_frame():
     assert float(plain.spectrogram_loss) == 0.0
     # spectrogram_clean_only: the crops whose context input is noisy drop out of the term.
     clean_only = jax.jit(lambda p, context_audio: objective.wavjepa_loss(  # noqa: E731
-        model, p, p["encoder"], audio, masks, spectrogram_weight=0.5, top_k=2,
-        target_norm="example", context_audio=context_audio, spectrogram_clean_only=True))
+        model, p, p["encoder"], audio, masks, top_k=2, target_norm="example",
+        context_audio=context_audio,
+        spectrogram=objective.SpectrogramTerm(0.5, clean_only=True)))
     assert float(clean_only(params, noisy).spectrogram_loss) == 0.0
     first_clean = clean_only(params, noisy.at[0].set(audio[0]))
     assert float(first_clean.spectrogram_loss) == pytest.approx(
         np.mean(errors_by_hand(first_clean, rows=(0,))), rel=1e-4)
     # It trains the head, the encoder and the front end; never the target parameters.
     grads = jax.jit(jax.grad(lambda p, t: objective.wavjepa_loss(
-        model, p, t, audio, masks, spectrogram_weight=1.0, **kwargs).spectrogram_loss,
+        model, p, t, audio, masks, spectrogram=objective.SpectrogramTerm(1.0),
+        **kwargs).spectrogram_loss,
         argnums=(0, 1)))(params, params["encoder"])
     for name in ("spectrogram_head", "encoder", "frontend"):
         assert optax_norm(grads[0][name]) > 0, name
@@ -354,3 +357,55 @@ def test_cepstral_spectrogram_targets_are_the_standardised_orthonormal_dct_of_th
     np.testing.assert_allclose(np.asarray(targets), expected, rtol=1e-3, atol=1e-3)
     with pytest.raises(ValueError, match="'mel' or 'cepstrum'"):
         objective.spectrogram_targets(audio, 200, 240, 16, kind="mfcc")
+
+
+def test_cepstral_error_as_mels_is_the_mel_targets_error_of_the_same_prediction():
+    """mel_weight scores a cepstral prediction as log-mels: mapped back through the inverse DCT
+    and both standardisations, the prediction's error must equal its error against the "mel"
+    target, and the term must add exactly mel_weight times that."""
+    audio = jax.random.normal(jax.random.PRNGKey(0), (2, SAMPLES)) * jnp.linspace(0, 1, SAMPLES)
+    log_mels = objective.floored_log_mels(audio, 200, 240, 16, floor_db=60.0)
+    cepstral = objective.targets_from_log_mels(log_mels, "cepstrum")
+    mel = np.asarray(objective.targets_from_log_mels(log_mels, "mel"), np.float64)
+    predicted = cepstral + 0.3 * jax.random.normal(jax.random.PRNGKey(1), cepstral.shape)
+    # The prediction as a log-mel spectrogram by hand: unstandardise, inverse DCT, standardise.
+    cepstra = np.asarray(log_mels, np.float64) @ np.asarray(objective.dct_matrix(16), np.float64)
+    unstandardised = (np.asarray(predicted, np.float64) * (cepstra.std((0, 1)) + 1e-3)
+                      + cepstra.mean((0, 1)))
+    as_log_mels = unstandardised @ np.asarray(objective.dct_matrix(16), np.float64).T
+    as_mel_target = ((as_log_mels - np.asarray(log_mels).mean((0, 1)))
+                     / (np.asarray(log_mels).std((0, 1)) + 1e-3))
+    np.testing.assert_allclose(
+        np.asarray(objective.cepstral_error_as_mels(predicted - cepstral, log_mels)),
+        as_mel_target - mel, rtol=1e-3, atol=1e-3)
+    # The two errors differ: the mel domain weighs the envelope, the cepstral one all equally.
+    assert abs(np.mean((as_mel_target - mel) ** 2)
+               - np.mean(np.square(np.asarray(predicted - cepstral)))) > 0.01
+
+
+def test_mel_weight_adds_the_mel_domain_error_of_the_cepstral_prediction():
+    config = configuration.model_config("tiny")
+    config.spectrogram_bands = 16
+    model = WavJEPA.from_config(config)
+    params = nn.meta.unbox(jax.jit(model.init, static_argnums=1)(jax.random.PRNGKey(0), SAMPLES))
+    masks = masking.sample_masks(jax.random.PRNGKey(1), 2, 200, configuration.mask_config())
+    audio = jax.random.normal(jax.random.PRNGKey(2), (2, SAMPLES))
+    loss = jax.jit(lambda mel_weight: objective.wavjepa_loss(  # noqa: E731
+        model, params, params["encoder"], audio, masks, top_k=2, target_norm="example",
+        spectrogram=objective.SpectrogramTerm(1.0, 60.0, "cepstrum", mel_weight)),
+        static_argnums=0)
+    cepstral_only, with_mels = loss(0.0), loss(0.5)
+    # By hand: the head's cepstral prediction at the valid context frames, its error mapped to
+    # standardised log-mel units.
+    log_mels = objective.floored_log_mels(audio, 200, 240, 16, 60.0)
+    targets = objective.targets_from_log_mels(log_mels, "cepstrum")
+    head = params["spectrogram_head"]["out"]
+    predicted = with_mels.context_features @ head["kernel"] + head["bias"]
+    error = predicted - objective.gather_frames(targets, masks.context_idx)
+    as_mels = np.asarray(objective.cepstral_error_as_mels(error, log_mels))
+    valid = np.asarray(masks.context_valid)
+    mel_error = np.mean(np.mean(as_mels ** 2, -1)[valid])
+    assert float(cepstral_only.spectrogram_loss) == pytest.approx(
+        np.mean(np.mean(np.asarray(error) ** 2, -1)[valid]), rel=1e-4)
+    assert float(with_mels.spectrogram_loss) == pytest.approx(
+        float(cepstral_only.spectrogram_loss) + 0.5 * mel_error, rel=1e-4)

@@ -181,13 +181,15 @@ def default_config() -> ml_collections.ConfigDict:
     # model.spectrogram_bands outputs, the standardised log-mel of the clean audio at that frame,
     # floored spectrogram_floor_db below each crop's loudest value (0: no floor); as log-mels
     # ("mel") or their DCT over the bands ("cepstrum"), each band or coefficient standardised;
+    # spectrogram_mel_weight ("cepstrum" only): also score the prediction mapped back to
+    # standardised log-mels, with this weight (the envelope's weight back, next to the ripple's);
     # spectrogram_clean_only: only on the crops whose context input augment left clean.
     config.loss = ml_collections.ConfigDict(dict(
         variance_weight=0.0, covariance_weight=0.0,
         clip_weight=0.0, clip_objective="contrastive", clip_temperature=0.1,
         clip_channels=0,           # > 0: the clip term sees only the first N output channels.
         spectrogram_weight=0.0, spectrogram_floor_db=0.0, spectrogram_target="mel",
-        spectrogram_clean_only=False))
+        spectrogram_mel_weight=0.0, spectrogram_clean_only=False))
 
     # Noise on the context branch's input only (prob 0: off, the release); targets stay clean.
     # Gaussian noise with power ~ 1/f^colour, colour uniform in [0, max_colour], at an SNR drawn
@@ -294,12 +296,17 @@ def validate(config: ml_collections.ConfigDict, mesh=None, process_count: int = 
         if not 0.0 <= config[section][name] <= 1.0:
             raise ValueError(f"{field}={config[section][name]} must be in [0, 1]")
     for name in ("variance_weight", "covariance_weight", "clip_weight", "spectrogram_weight",
-                 "spectrogram_floor_db"):
+                 "spectrogram_floor_db", "spectrogram_mel_weight"):
         if config.loss.get(name, 0.0) < 0:
             raise ValueError(f"loss.{name}={config.loss[name]} must be >= 0")
     if config.loss.get("spectrogram_target", "mel") not in ("mel", "cepstrum"):
         raise ValueError(f"loss.spectrogram_target={config.loss.spectrogram_target!r} must be "
                          "'mel' or 'cepstrum'")
+    if config.loss.get("spectrogram_mel_weight", 0.0) and config.loss.get(
+            "spectrogram_target", "mel") != "cepstrum":
+        raise ValueError(f"loss.spectrogram_mel_weight={config.loss.spectrogram_mel_weight} "
+                         "scores a cepstral prediction as log-mels: it needs "
+                         "loss.spectrogram_target='cepstrum'")
     if config.loss.clip_weight:
         if config.loss.clip_objective not in ("contrastive", "vicreg"):
             raise ValueError(f"loss.clip_objective={config.loss.clip_objective!r} must be "

@@ -24,7 +24,10 @@ Options beyond the release (each off by default, see README "Does it learn?"):
                           values floored `spectrogram_floor_db` below each crop's loudest
                           (0: no floor); spectrogram_target="cepstrum" regresses their DCT
                           over the bands instead, each coefficient standardised, so the fine
-                          spectral ripple (harmonics: pitch) weighs as much as the envelope
+                          spectral ripple (harmonics: pitch) weighs as much as the envelope;
+                          its `mel_weight` also scores the same prediction mapped back to
+                          standardised log-mels, giving the envelope (timbre) its weight back
+                          (settings: SpectrogramTerm)
   context_audio           the context branch reads other (e.g. noisy) audio than the targets
 """
 
@@ -185,28 +188,72 @@ def dct_matrix(n: int) -> jax.Array:
     return basis.at[:, 0].multiply(jnp.sqrt(0.5))
 
 
-def spectrogram_targets(audio: jax.Array, num_frames: int, receptive_field: int,
-                        bands: int, floor_db: float = 0.0, kind: str = "mel") -> jax.Array:
-    """What the spectrogram term regresses for `audio` [batch, samples], one vector per encoder
-    frame: [batch, num_frames, bands], under stop_gradient.
+class SpectrogramTerm(NamedTuple):
+    """The spectrogram term's settings (config.loss.spectrogram_*); weight 0 turns it off.
 
-    kind="mel": the log-mels, each band standardised over the batch. Most of their variance is
-    the spectral envelope (on the pitch task's clips 16 of 64 principal components hold 95%), so a
-    regression that explains half the variance can leave out the harmonic ripple that tells a
-    pitch. kind="cepstrum": their orthonormal DCT over the bands (cepstral coefficients, the
-    MFCCs' basis; nearly decorrelated), each coefficient standardised over the batch, so the
-    loss weighs the fine structure as much as the envelope. Either way floored `floor_db` below
-    each crop's peak first when floor_db > 0.
+    floor_db:   floor each crop's log-mels this far below its peak first (0: no floor).
+    target:     "mel" or "cepstrum" (spectrogram_targets).
+    mel_weight: target "cepstrum" only: add this times the error of the same prediction mapped
+                back to standardised log-mels (cepstral_error_as_mels), so the loss weighs the
+                envelope as the mel target does and the ripple as the cepstral one does.
+    clean_only: only on the crops whose context input is the clean audio.
     """
+
+    weight: float = 0.0
+    floor_db: float = 0.0
+    target: str = "mel"
+    mel_weight: float = 0.0
+    clean_only: bool = False
+
+    @classmethod
+    def from_config(cls, loss) -> "SpectrogramTerm":
+        """From config.loss (fields missing in older configs take the defaults)."""
+        return cls(*(loss.get(f"spectrogram_{name}", default)
+                     for name, default in cls._field_defaults.items()))
+
+
+def floored_log_mels(audio: jax.Array, num_frames: int, receptive_field: int, bands: int,
+                     floor_db: float = 0.0) -> jax.Array:
+    """The `bands`-band log-mels of `audio` [batch, samples] at each encoder frame, floored
+    `floor_db` below each crop's peak when floor_db > 0: [batch, num_frames, bands]."""
     log_mels = logmel.frame_aligned_log_mel(audio, num_frames, receptive_field,
                                             logmel.LogMelFeatures(n_mels=bands))
-    if floor_db > 0:
-        log_mels = floor_below_peak(log_mels, floor_db)
+    return floor_below_peak(log_mels, floor_db) if floor_db > 0 else log_mels
+
+
+def targets_from_log_mels(log_mels: jax.Array, kind: str = "mel") -> jax.Array:
+    """kind="mel": the log-mels [batch, frames, bands], each band standardised over the batch.
+    Most of their variance is the spectral envelope (on the pitch task's clips 16 of 64 principal
+    components hold 95%), so a regression that explains half the variance can leave out the
+    harmonic ripple that tells a pitch. kind="cepstrum": their orthonormal DCT over the bands
+    (cepstral coefficients, the MFCCs' basis; nearly decorrelated), each coefficient standardised
+    over the batch, so the loss weighs the fine structure as much as the envelope."""
     if kind == "cepstrum":
-        log_mels = log_mels @ dct_matrix(bands)
+        log_mels = log_mels @ dct_matrix(log_mels.shape[-1])
     elif kind != "mel":
         raise ValueError(f"spectrogram target {kind!r} must be 'mel' or 'cepstrum'")
     return jax.lax.stop_gradient(standardise_bands(log_mels))
+
+
+def spectrogram_targets(audio: jax.Array, num_frames: int, receptive_field: int,
+                        bands: int, floor_db: float = 0.0, kind: str = "mel") -> jax.Array:
+    """What the spectrogram term regresses for `audio` [batch, samples], one vector per encoder
+    frame: [batch, num_frames, bands], under stop_gradient (targets_from_log_mels)."""
+    return targets_from_log_mels(
+        floored_log_mels(audio, num_frames, receptive_field, bands, floor_db), kind)
+
+
+def cepstral_error_as_mels(error: jax.Array, log_mels: jax.Array) -> jax.Array:
+    """An error [..., bands] in standardised cepstral units (the "cepstrum" target's) as the error
+    in standardised log-mel units (the "mel" target's) that the same prediction makes: undo the
+    coefficients' standardisation, invert the orthonormal DCT, divide by the bands' stds. Both
+    standardisations use the batch statistics of `log_mels` [batch, frames, bands], as the
+    targets do."""
+    dct = dct_matrix(log_mels.shape[-1])
+    cepstral_std = jnp.std(log_mels @ dct, axis=(0, 1)) + 1e-3
+    mel_std = jnp.std(log_mels, axis=(0, 1)) + 1e-3
+    scale = jax.lax.stop_gradient((cepstral_std[:, None] * dct.T) / mel_std[None, :])
+    return error @ scale
 
 
 def frame_regression_loss(predicted: jax.Array, targets: jax.Array, valid: jax.Array) -> jax.Array:
@@ -258,9 +305,9 @@ def wavjepa_loss(model: WavJEPA, params, target_params, audio, masks: Masks, *,
                  target_centering: str = "none", variance_weight: float = 0.0,
                  covariance_weight: float = 0.0, clip_weight: float = 0.0,
                  clip_objective: str = "contrastive", clip_temperature: float = 0.1,
-                 clip_channels: int = 0, crops_per_clip: int = 1, spectrogram_weight: float = 0.0,
-                 spectrogram_floor_db: float = 0.0, spectrogram_target: str = "mel",
-                 spectrogram_clean_only: bool = False, context_audio=None) -> LossOutputs:
+                 clip_channels: int = 0, crops_per_clip: int = 1,
+                 spectrogram: SpectrogramTerm = SpectrogramTerm(),
+                 context_audio=None) -> LossOutputs:
     """The training loss for a batch of crops `audio` [batch, samples] and their masks.
 
     target_frontend_params: None (the release) feeds the target encoder the online front end's
@@ -301,17 +348,15 @@ def wavjepa_loss(model: WavJEPA, params, target_params, audio, masks: Masks, *,
         clip = (clip_loss(context, masks.context_valid, crops_per_clip, clip_objective,
                           clip_temperature, head, clip_channels, clip_token)
                 if clip_weight else 0.0)
-        spectrogram_crops = (clean_context_crops(audio, context_audio)
-                             if spectrogram_clean_only else None)
-        spectrogram = (context_spectrogram_loss(model, params, audio, context, masks,
-                                                tokens.shape[1], spectrogram_floor_db,
-                                                spectrogram_target, spectrogram_crops)
-                       if spectrogram_weight else 0.0)
+        spectrogram_error = (context_spectrogram_loss(model, params, audio, context_audio,
+                                                      context, masks, tokens.shape[1],
+                                                      spectrogram)
+                             if spectrogram.weight else 0.0)
         loss = (predicted + variance_weight * variance + covariance_weight * covariance
-                + clip_weight * clip + spectrogram_weight * spectrogram)
+                + clip_weight * clip + spectrogram.weight * spectrogram_error)
     as_f32 = lambda x: jnp.asarray(x, jnp.float32)  # noqa: E731
     return LossOutputs(loss, predicted, as_f32(variance), as_f32(covariance), as_f32(clip),
-                       as_f32(spectrogram), context, targets)
+                       as_f32(spectrogram_error), context, targets)
 
 
 def clean_context_crops(audio: jax.Array, context_audio) -> jax.Array:
@@ -321,15 +366,21 @@ def clean_context_crops(audio: jax.Array, context_audio) -> jax.Array:
     return jnp.all(context_audio == audio, axis=tuple(range(1, audio.ndim)))
 
 
-def context_spectrogram_loss(model: WavJEPA, params, audio, context, masks: Masks,
-                             num_frames: int, floor_db: float = 0.0, kind: str = "mel",
-                             crops=None) -> jax.Array:
+def context_spectrogram_loss(model: WavJEPA, params, audio, context_audio, context,
+                             masks: Masks, num_frames: int, term: SpectrogramTerm) -> jax.Array:
     """The spectrogram term: the linear head on every context output frame against the clean
-    audio's standardised log-mel at that frame (targets from `audio`, so noisy context input makes
-    it a denoising task), over the crops selected by `crops` [batch] bool (None: all)."""
+    audio's target at that frame (from `audio`, so noisy context input makes it a denoising
+    task), over the valid context frames (of the clean-context crops with term.clean_only)."""
     field, _ = frontend_lib.receptive_field(model.frontend.conv_layers)
-    targets = spectrogram_targets(audio, num_frames, field, model.spectrogram_head.bands,
-                                  floor_db, kind)
+    log_mels = floored_log_mels(audio, num_frames, field, model.spectrogram_head.bands,
+                                term.floor_db)
+    targets = gather_frames(targets_from_log_mels(log_mels, term.target), masks.context_idx)
     predicted = model.spectrogram_head.apply({"params": params["spectrogram_head"]}, context)
-    valid = masks.context_valid if crops is None else masks.context_valid & crops[:, None]
-    return frame_regression_loss(predicted, gather_frames(targets, masks.context_idx), valid)
+    valid = masks.context_valid
+    if term.clean_only:
+        valid = valid & clean_context_crops(audio, context_audio)[:, None]
+    loss = frame_regression_loss(predicted, targets, valid)
+    if term.mel_weight:
+        error_as_mels = cepstral_error_as_mels(predicted.astype(jnp.float32) - targets, log_mels)
+        loss += term.mel_weight * frame_regression_loss(error_as_mels, 0.0, valid)
+    return loss

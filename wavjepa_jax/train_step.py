@@ -69,10 +69,7 @@ def make_train_step(model: WavJEPA, config: ml_collections.ConfigDict,
         clip_objective=config.loss.clip_objective, clip_temperature=config.loss.clip_temperature,
         clip_channels=config.loss.get("clip_channels", 0),
         crops_per_clip=config.data.crops_per_clip,
-        spectrogram_weight=config.loss.get("spectrogram_weight", 0.0),
-        spectrogram_floor_db=config.loss.get("spectrogram_floor_db", 0.0),
-        spectrogram_target=config.loss.get("spectrogram_target", "mel"),
-        spectrogram_clean_only=config.loss.get("spectrogram_clean_only", False))
+        spectrogram=objective.SpectrogramTerm.from_config(config.loss))
     noisy_context = config.augment.prob > 0
 
     def logged_only(step_done, compute):
