@@ -10,7 +10,8 @@ after --warmup), audio-s/s, FLOPs per crop (XLA's count of the step with its lay
 of a known device), and the compiled step's memory per device. `--profile DIR` adds a
 jax.profiler trace of a few steps and a second table: device time per step by model component
 (the named scopes of the step: masking, augment, frontend, context_encoder, predictor,
-target_encoder, loss, optimizer, ema; forward vs backward) and the top kernels.
+target_encoder, loss, optimizer, ema; forward vs backward), the same time by kind of kernel
+(matmul/conv, elementwise/reduce, data movement) and the top kernels.
 `--max-batch` adds the largest batch whose compiled step fits the device's memory (compiles only:
 doubling, then bisection in steps of what the mesh and data.crops_per_clip allow; the budget is the
 device's own limit or --memory-gib).
@@ -51,6 +52,12 @@ PEAK_TFLOPS = {"H100": 989.0, "H200": 989.0, "A100": 312.0, "L4": 121.0, "TPU v4
                "TPU v5 lite": 197.0, "TPU v5e": 197.0, "TPU v5p": 459.0, "TPU v6": 918.0}
 COMPONENTS = ("masking", "augment", "frontend", "context_encoder", "predictor", "target_encoder",
               "loss", "optimizer", "ema")
+KINDS = ("matmul/conv", "elementwise/reduce", "data movement")
+# HLO ops that only move or lay out data (a fusion of nothing else is "data movement").
+MOVEMENT_OPS = frozenset((
+    "bitcast", "broadcast", "concatenate", "constant", "copy", "copy-done", "copy-start",
+    "dynamic-slice", "dynamic-update-slice", "gather", "get-tuple-element", "iota", "pad",
+    "parameter", "reshape", "reverse", "scatter", "slice", "transpose", "tuple"))
 
 
 def peak_tflops(device, given: float | None) -> float | None:
@@ -145,6 +152,57 @@ def hlo_op_names(compiled) -> dict[str, str]:
     return names
 
 
+def hlo_computations(text: str) -> dict[str, list[str]]:
+    """Computation name -> its instruction lines, from an HLO module's text."""
+    computations, lines = {}, None
+    for line in text.splitlines():
+        header = re.match(r"^(?:ENTRY )?%?([\w.\-]+) .*\{\s*$", line)
+        if header:
+            lines = computations.setdefault(header.group(1), [])
+        elif lines is not None and line.startswith(" "):
+            lines.append(line)
+    return computations
+
+
+def kernel_kinds(text: str) -> dict[str, str]:
+    """HLO instruction name -> one of KINDS: "matmul/conv" when it is a dot or convolution or
+    calls a computation that holds one (a fusion with a matmul in it counts whole), "data
+    movement" when everything it does is in MOVEMENT_OPS, else "elementwise/reduce"."""
+    computations = hlo_computations(text)
+    instruction = re.compile(r"^\s*(?:ROOT )?%?([\w.\-]+) = .*? ([a-z][\w\-]*)\(")
+    ops_cache: dict[str, set[str]] = {}
+
+    def ops_of(computation: str) -> set[str]:
+        """Every op in a computation and in the computations it calls."""
+        if computation not in ops_cache:
+            ops_cache[computation] = set()
+            for line in computations.get(computation, []):
+                match = instruction.match(line)
+                if match:
+                    ops_cache[computation].add(match.group(2))
+                for called in re.findall(r"calls=%?([\w.\-]+)", line):
+                    ops_cache[computation] |= ops_of(called)
+        return ops_cache[computation]
+
+    kinds = {}
+    for lines in computations.values():
+        for line in lines:
+            match = instruction.match(line)
+            if not match:
+                continue
+            ops = {match.group(2)}
+            for called in re.findall(r"calls=%?([\w.\-]+)", line):
+                ops |= ops_of(called)
+            ops.discard("fusion")
+            if ops & {"dot", "convolution"}:
+                kinds[match.group(1)] = "matmul/conv"
+            elif ops <= MOVEMENT_OPS:
+                kinds[match.group(1)] = "data movement"
+            else:
+                kinds[match.group(1)] = "elementwise/reduce"
+    return kinds
+
+
 def kernel_events(trace_dir: str):
     """(HLO op, kernel name, duration in s) for each device kernel in the trace; on a host
     without accelerators, each event of the host plane (XLA's CPU ops among them)."""
@@ -163,11 +221,12 @@ def kernel_events(trace_dir: str):
 def profile(step, state, audio, trace_dir: str, steps: int = 3):
     """Trace `steps` steps; device seconds per step by (component, direction) and by kernel.
     Only events that are ops of the step count (host-side wrappers are left out)."""
-    op_names = hlo_op_names(step)
+    op_names, kinds = hlo_op_names(step), kernel_kinds(step.as_text())
     state, _ = time_steps(step, state, audio, 1, 0)
     with jax.profiler.trace(trace_dir):
         state, _ = time_steps(step, state, audio, 0, steps)
     by_component = collections.defaultdict(float)
+    by_kind = collections.defaultdict(float)
     by_kernel = collections.defaultdict(float)
     for hlo_op, kernel, seconds in kernel_events(trace_dir):
         stack = op_names.get(hlo_op)
@@ -175,8 +234,21 @@ def profile(step, state, audio, trace_dir: str, steps: int = 3):
             continue
         direction = "backward" if "transpose(" in stack else "forward"
         by_component[(component_of(stack), direction)] += seconds / steps
+        by_kind[(component_of(stack), kinds.get(hlo_op, "elementwise/reduce"))] += seconds / steps
         by_kernel[f"{kernel} ({component_of(stack)})"] += seconds / steps
-    return state, by_component, by_kernel
+    return state, by_component, by_kind, by_kernel
+
+
+def print_kinds(by_kind: dict[tuple[str, str], float], total: float) -> None:
+    """Device ms per step by component and kind of kernel (KINDS), and each kind's share."""
+    print("\n| component | " + " | ".join(f"{kind} (ms)" for kind in KINDS) + " |")
+    print("|---|" + "---:|" * len(KINDS))
+    for component in COMPONENTS + ("other",):
+        row = [by_kind.get((component, kind), 0.0) for kind in KINDS]
+        if any(row):
+            print(f"| {component} | " + " | ".join(f"{1e3 * ms:.2f}" for ms in row) + " |")
+    shares = [sum(v for (_, kind), v in by_kind.items() if kind == k) / total for k in KINDS]
+    print("| **share** | " + " | ".join(f"{100 * share:.1f}%" for share in shares) + " |")
 
 
 def print_table(rows: list[tuple[str, str]]) -> None:
@@ -242,7 +314,8 @@ def main() -> None:
             sharding.batch_sharding(mesh, len(train.batch_shape(config))))
         state, times = time_steps(compiled, state, audio, args.warmup, args.steps)
         if args.profile:
-            state, by_component, by_kernel = profile(compiled, state, audio, args.profile)
+            state, by_component, by_kind, by_kernel = profile(compiled, state, audio,
+                                                              args.profile)
         if args.max_batch:
             del state, audio  # Compiling only from here: free the device for nothing else.
             max_batch, measured = largest_batch(
@@ -293,6 +366,7 @@ def main() -> None:
             if fwd or bwd:
                 print(f"| {component} | {1e3 * fwd:.2f} | {1e3 * bwd:.2f} | "
                       f"{100 * (fwd + bwd) / total:.1f}% |")
+        print_kinds(by_kind, total)
         print("\n| top kernels | ms per step | share |\n|---|---:|---:|")
         for kernel, seconds in sorted(by_kernel.items(), key=lambda kv: -kv[1])[:15]:
             print(f"| `{kernel[:80]}` | {1e3 * seconds:.2f} | {100 * seconds / total:.1f}% |")

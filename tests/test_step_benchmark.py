@@ -22,12 +22,32 @@ def test_largest_batch_is_the_last_multiple_of_the_unit_that_fits(limit, start, 
     assert len(measured) <= 2 * (limit // 8).bit_length() + 2   # Doubling + bisection, no scan.
 
 
+def test_profile_kernel_kinds_split_matmuls_from_elementwise_and_data_movement():
+    import jax
+    import jax.numpy as jnp
+    x = jnp.ones((64, 32))
+
+    def kinds_of(fn, *args):
+        compiled = jax.jit(fn).lower(*args).compile()
+        entry = step_throughput.hlo_computations(compiled.as_text())
+        kinds = step_throughput.kernel_kinds(compiled.as_text())
+        main = [name for name in entry if "main" in name][-1]
+        return {kinds[line.split("=")[0].split()[-1].lstrip("%")]
+                for line in entry[main]
+                if " = " in line and "parameter(" not in line and "constant(" not in line}
+
+    assert "matmul/conv" in kinds_of(lambda a, b: jnp.exp(a @ b) + 1.0, x, x.T)
+    assert kinds_of(lambda a: jnp.exp(a) * 2.0 + jnp.sum(a), x) == {"elementwise/reduce"}
+    assert kinds_of(lambda a: jnp.transpose(a).reshape(16, 128), x) == {"data movement"}
+
+
 @pytest.mark.slow  # Four compiles of the tiny step: ~1.5 min on 2 cores.
-def test_tiny_run_prints_its_table_with_the_largest_batch():
+def test_tiny_run_prints_its_table_with_the_largest_batch_and_profile(tmp_path):
     result = subprocess.run(
         [sys.executable, os.path.join(ROOT, "benchmarks", "step_throughput.py"),
          "--config", "configs/tiny.py", "--steps", "2", "--warmup", "1", "--no-flops",
-         "--max-batch", "--memory-gib", "0.11", "--", "--config.batch_size=8",
+         "--max-batch", "--memory-gib", "0.11", "--profile", str(tmp_path / "trace"), "--",
+         "--config.batch_size=8",
          "--config.data.crops_per_clip=4"],
         cwd=ROOT, capture_output=True, text=True, timeout=600,
         env=dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=1"))
@@ -40,6 +60,12 @@ def test_tiny_run_prints_its_table_with_the_largest_batch():
     measured = {int(b): float(m) for b, m in re.findall(r"(\d+): ([\d.]+)", found)}
     assert batch % 4 == 0 and batch in measured and measured[batch] <= 0.11   # ~13 MB a crop
     assert all(m > 0.11 for b, m in measured.items() if b > batch) and len(measured) >= 2
+    # --profile: time by component, by kind of kernel (shares summing to 100%), top kernels.
+    assert re.search(r"^\| predictor \| [\d.]+ \| [\d.]+ \| [\d.]+% \|$", result.stdout, re.M)
+    shares = re.search(r"^\| \*\*share\*\* \| ([\d.]+)% \| ([\d.]+)% \| ([\d.]+)% \|$",
+                       result.stdout, re.M)
+    assert shares and float(shares.group(1)) > 5 and abs(sum(map(float, shares.groups())) - 100) < 0.5
+    assert "| top kernels |" in result.stdout
 
 
 FAKE_RELEASE = {
