@@ -88,6 +88,8 @@ def model_config(size: str = "base") -> ml_collections.ConfigDict:
                                     # many log-mel bands per frame (trained, never exported).
         dtype="float32",            # Compute dtype; params always stay float32.
         remat=False,                # Rematerialise each transformer block in the backward pass.
+        remat_policy="nothing",     # With remat, what a block keeps: "nothing" or "dots" (its
+                                    # projection / MLP matmul outputs; less recompute).
         scan_layers=True,           # nn.scan over blocks: compile time independent of depth.
     ))
 
@@ -283,6 +285,8 @@ def validate(config: ml_collections.ConfigDict, mesh=None, process_count: int = 
         if width % heads:
             raise ValueError(f"model.{prefix}_width={width} is not divisible by "
                              f"model.{prefix}_heads={heads}")
+    if model.get("remat_policy", "nothing") not in ("nothing", "dots"):
+        raise ValueError(f"model.remat_policy={model.remat_policy!r} must be 'nothing' or 'dots'")
     if model.target_norm not in ("example", "channel"):
         raise ValueError(f"model.target_norm={model.target_norm!r} must be 'example' or 'channel'")
     if model.target_centering not in ("none", "batch"):

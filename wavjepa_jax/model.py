@@ -171,8 +171,9 @@ class WavJEPA:
     @classmethod
     def from_config(cls, model: "ml_collections.ConfigDict") -> "WavJEPA":
         dtype = DTYPES[model.dtype]
-        frontend, encoder = frontend_and_encoder(model, dtype=dtype, scan=model.scan_layers,
-                                                 remat=model.remat)
+        frontend, encoder = frontend_and_encoder(
+            model, dtype=dtype, scan=model.scan_layers, remat=model.remat,
+            remat_policy=model.get("remat_policy", "nothing"))
         predictor_stack = dataclasses.replace(
             encoder.stack, depth=model.predictor_depth, width=model.predictor_width,
             heads=model.predictor_heads, mlp=model.predictor_mlp)
@@ -209,7 +210,8 @@ class WavJEPA:
 
 
 def frontend_and_encoder(fields: Mapping, *, dtype=jnp.float32, scan: bool = True,
-                         remat: bool = False) -> tuple[FrontEnd, Encoder]:
+                         remat: bool = False,
+                         remat_policy: str = "nothing") -> tuple[FrontEnd, Encoder]:
     """The inference half of the model from the encoder fields of a model config: a training
     run's `config.model` or an exported encoder's `config["model"]` (export.ENCODER_FIELDS)."""
     frontend = FrontEnd(tuple(tuple(layer) for layer in fields["conv_layers"]),
@@ -220,7 +222,8 @@ def frontend_and_encoder(fields: Mapping, *, dtype=jnp.float32, scan: bool = Tru
     encoder = Encoder(StackConfig(
         fields["encoder_depth"], fields["encoder_width"], fields["encoder_heads"],
         fields["encoder_mlp"], norm_first=fields["norm_first"], eps=fields["layer_norm_eps"],
-        dtype=dtype, scan=scan, remat=remat), clip_token=fields.get("clip_token", False))
+        dtype=dtype, scan=scan, remat=remat, remat_policy=remat_policy),
+        clip_token=fields.get("clip_token", False))
     return frontend, encoder
 
 

@@ -104,6 +104,15 @@ class _ScannedBlock(TransformerBlock):
         return x, (x if self.emit_outputs else None)
 
 
+# What a rematerialised block keeps for its backward pass: "nothing" (recompute the whole block:
+# least memory), "dots" (keep the outputs of matmuls without batch dimensions, the projections and
+# MLPs; recompute the norms, GELUs and attention: most of the saving at a fraction of the cost).
+REMAT_POLICIES = {
+    "nothing": jax.checkpoint_policies.nothing_saveable,
+    "dots": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
+}
+
+
 @dataclasses.dataclass(frozen=True)
 class StackConfig:
     """One stack of blocks: its shape, where its norms sit, its compute dtype (params stay
@@ -118,6 +127,7 @@ class StackConfig:
     dtype: Any = jnp.float32
     scan: bool = True
     remat: bool = False
+    remat_policy: str = "nothing"   # with remat, what the backward keeps (REMAT_POLICIES)
 
 
 class TransformerStack(nn.Module):
@@ -132,7 +142,8 @@ class TransformerStack(nn.Module):
         x = x.astype(config.dtype)
         block_cls = _ScannedBlock if config.scan else TransformerBlock
         if config.remat:
-            block_cls = nn.remat(block_cls, prevent_cse=not config.scan)
+            block_cls = nn.remat(block_cls, prevent_cse=not config.scan,
+                                 policy=REMAT_POLICIES[config.remat_policy])
         kwargs = dict(width=config.width, heads=config.heads, mlp=config.mlp,
                       norm_first=config.norm_first, eps=config.eps, dtype=config.dtype)
         if config.scan:
