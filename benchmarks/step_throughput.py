@@ -44,7 +44,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
 import cli_args  # noqa: E402
-from wavjepa_jax import configuration, sharding, train  # noqa: E402
+from wavjepa_jax import configuration, sharding, train, xla_flags  # noqa: E402
 from wavjepa_jax.train_state import create_train_state  # noqa: E402
 
 # Dense bf16 peak TFLOP/s per chip (vendor figures, no sparsity).
@@ -292,6 +292,7 @@ def main() -> None:
     args = parser.parse_args(argv)
 
     config = cli_args.load_config(args.config, overrides)
+    xla_flags.apply()  # The flags `python -m wavjepa_jax.train` runs with.
     release = (time_release(args.release, config.batch_size, args.steps, args.warmup,
                             args.release_compile) if args.release else None)
     jnp.zeros(())  # JAX takes the device only now, after the release's process has let it go.

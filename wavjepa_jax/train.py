@@ -30,7 +30,7 @@ import numpy as np
 import optax
 from etils import epath
 
-from wavjepa_jax import checkpoint, cli, configuration, distributed, sharding
+from wavjepa_jax import checkpoint, cli, configuration, distributed, sharding, xla_flags
 from wavjepa_jax.metrics import MetricWriter, Progress
 from wavjepa_jax.model import WavJEPA
 from wavjepa_jax.train_state import (TrainState, create_train_state, ema_update,
@@ -327,5 +327,6 @@ def define_flags() -> None:
 
 if __name__ == "__main__":
     from absl import app
+    xla_flags.apply()  # Before JAX starts its backend.
     define_flags()
     app.run(main, flags_parser=parse_flags)
