@@ -413,6 +413,8 @@ def _set(config, field, value):
                                           r"model\.spectrogram_bands=0"),
     ({"loss.spectrogram_floor_db": -10.0}, 1, r"loss\.spectrogram_floor_db=-10\.0 must be >= 0"),
     ({"loss.spectrogram_target": "mfcc"}, 1, r"loss\.spectrogram_target='mfcc' must be 'mel' or "),
+    ({"loss.clip_weight": 1.0, "loss.clip_contrastive_weight": 0.2}, 1,
+     r"loss\.clip_contrastive_weight=0\.2 .* needs loss\.clip_objective='vicreg'"),
     ({"model.remat_policy": "everything"}, 1, r"model\.remat_policy='everything' must be "),
     ({"loss.spectrogram_mel_weight": 1.0}, 1, r"loss\.spectrogram_mel_weight=1\.0 .* needs "
                                               r"loss\.spectrogram_target='cepstrum'"),

@@ -200,6 +200,21 @@ def test_clip_term_adds_to_the_loss_on_pooled_context_outputs(setup):
         float(plain.loss) + 0.5 * float(expected), rel=1e-5)
 
 
+def test_vicreg_clip_term_can_add_the_contrastive_form_with_its_own_weight(setup):
+    model, config, params, target, masks, audio = setup
+    kwargs = dict(top_k=2, target_norm="example", crops_per_clip=2, clip_weight=1.0,
+                  clip_objective="vicreg")
+    vicreg = objective.wavjepa_loss(model, params, target, audio, masks, **kwargs)
+    both = objective.wavjepa_loss(model, params, target, audio, masks,
+                                  clip_contrastive_weight=0.25, **kwargs)
+    embeddings = objective.pooled(both.context_features, masks.context_valid)
+    assert float(vicreg.clip_loss) == pytest.approx(
+        float(objective.clip_vicreg(embeddings, 2)), rel=1e-5)
+    assert float(both.clip_loss) == pytest.approx(
+        float(vicreg.clip_loss) + 0.25 * float(objective.clip_contrastive(embeddings, 2, 0.1)),
+        rel=1e-5)
+
+
 def test_clip_term_on_the_first_channels_leaves_the_others_to_the_frame_terms(setup):
     model, config, params, target, masks, audio = setup
     kwargs = dict(top_k=2, target_norm="example", crops_per_clip=2, clip_weight=1.0)

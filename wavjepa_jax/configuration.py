@@ -190,6 +190,7 @@ def default_config() -> ml_collections.ConfigDict:
         variance_weight=0.0, covariance_weight=0.0,
         clip_weight=0.0, clip_objective="contrastive", clip_temperature=0.1,
         clip_channels=0,           # > 0: the clip term sees only the first N output channels.
+        clip_contrastive_weight=0.0,  # clip_objective "vicreg": plus this x the contrastive form.
         spectrogram_weight=0.0, spectrogram_floor_db=0.0, spectrogram_target="mel",
         spectrogram_mel_weight=0.0, spectrogram_clean_only=False))
 
@@ -299,8 +300,8 @@ def validate(config: ml_collections.ConfigDict, mesh=None, process_count: int = 
         section, name = field.split(".")
         if not 0.0 <= config[section][name] <= 1.0:
             raise ValueError(f"{field}={config[section][name]} must be in [0, 1]")
-    for name in ("variance_weight", "covariance_weight", "clip_weight", "spectrogram_weight",
-                 "spectrogram_floor_db", "spectrogram_mel_weight"):
+    for name in ("variance_weight", "covariance_weight", "clip_weight", "clip_contrastive_weight",
+                 "spectrogram_weight", "spectrogram_floor_db", "spectrogram_mel_weight"):
         if config.loss.get(name, 0.0) < 0:
             raise ValueError(f"loss.{name}={config.loss[name]} must be >= 0")
     if config.loss.get("spectrogram_target", "mel") not in ("mel", "cepstrum"):
@@ -319,6 +320,11 @@ def validate(config: ml_collections.ConfigDict, mesh=None, process_count: int = 
             raise ValueError(f"loss.clip_weight={config.loss.clip_weight} compares the crops of "
                              f"a clip, but data.crops_per_clip={config.data.crops_per_clip}: "
                              "use 2 or more")
+        if config.loss.get("clip_contrastive_weight", 0.0) and (
+                config.loss.clip_objective != "vicreg"):
+            raise ValueError(f"loss.clip_contrastive_weight={config.loss.clip_contrastive_weight}"
+                             " adds the contrastive form to the VICReg one: it needs "
+                             "loss.clip_objective='vicreg'")
         if config.loss.clip_temperature <= 0:
             raise ValueError(f"loss.clip_temperature={config.loss.clip_temperature} must be > 0")
         if not 0 <= config.loss.clip_channels <= model.encoder_width:

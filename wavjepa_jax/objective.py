@@ -16,7 +16,8 @@ Options beyond the release (each off by default, see README "Does it learn?"):
   clip_weight             a clip-level term on the pooled context outputs of the crops that
                           share a clip ("contrastive": crops of one clip are each other's
                           positives, the batch's other crops the negatives; "vicreg":
-                          invariance + variance + covariance across clips), on all output
+                          invariance + variance + covariance across clips, optionally plus
+                          `clip_contrastive_weight` times the contrastive form), on all output
                           channels or only the first `clip_channels`
   spectrogram_weight      a linear head on each context-encoder output frame regresses the
                           standardised log-mel of the clean audio at that frame (what a JEPA's
@@ -149,11 +150,13 @@ def clip_vicreg(embeddings: jax.Array, crops_per_clip: int) -> jax.Array:
 
 def clip_loss(context: jax.Array, valid: jax.Array, crops_per_clip: int, kind: str,
               temperature: float, head=None, channels: int = 0,
-              clip_token: jax.Array | None = None) -> jax.Array:
+              clip_token: jax.Array | None = None,
+              contrastive_weight: float = 0.0) -> jax.Array:
     """The clip-level term on the mean-pooled context outputs of every crop, or on the clip
     token's outputs [batch, width] when given, after `head` (a function of the embeddings) when
     given. channels > 0: on the first `channels` output channels only, so the others are shaped
-    by the frame-level terms alone."""
+    by the frame-level terms alone. kind="vicreg" with contrastive_weight > 0 adds that weight
+    times the contrastive term on the same embeddings."""
     embeddings = pooled(context, valid) if clip_token is None else clip_token
     if channels:
         embeddings = embeddings[..., :channels]
@@ -161,7 +164,10 @@ def clip_loss(context: jax.Array, valid: jax.Array, crops_per_clip: int, kind: s
         embeddings = head(embeddings)
     if kind == "contrastive":
         return clip_contrastive(embeddings, crops_per_clip, temperature)
-    return clip_vicreg(embeddings, crops_per_clip)
+    vicreg = clip_vicreg(embeddings, crops_per_clip)
+    if contrastive_weight:
+        vicreg += contrastive_weight * clip_contrastive(embeddings, crops_per_clip, temperature)
+    return vicreg
 
 
 def standardise_bands(log_mels: jax.Array) -> jax.Array:
@@ -305,8 +311,8 @@ def wavjepa_loss(model: WavJEPA, params, target_params, audio, masks: Masks, *,
                  target_centering: str = "none", variance_weight: float = 0.0,
                  covariance_weight: float = 0.0, clip_weight: float = 0.0,
                  clip_objective: str = "contrastive", clip_temperature: float = 0.1,
-                 clip_channels: int = 0, crops_per_clip: int = 1,
-                 spectrogram: SpectrogramTerm = SpectrogramTerm(),
+                 clip_channels: int = 0, clip_contrastive_weight: float = 0.0,
+                 crops_per_clip: int = 1, spectrogram: SpectrogramTerm = SpectrogramTerm(),
                  context_audio=None) -> LossOutputs:
     """The training loss for a batch of crops `audio` [batch, samples] and their masks.
 
@@ -346,7 +352,8 @@ def wavjepa_loss(model: WavJEPA, params, target_params, audio, masks: Masks, *,
         head = None if "clip_head" not in params else (
             lambda x: model.clip_head.apply({"params": params["clip_head"]}, x))
         clip = (clip_loss(context, masks.context_valid, crops_per_clip, clip_objective,
-                          clip_temperature, head, clip_channels, clip_token)
+                          clip_temperature, head, clip_channels, clip_token,
+                          clip_contrastive_weight)
                 if clip_weight else 0.0)
         spectrogram_error = (context_spectrogram_loss(model, params, audio, context_audio,
                                                       context, masks, tokens.shape[1],

@@ -68,6 +68,7 @@ def make_train_step(model: WavJEPA, config: ml_collections.ConfigDict,
         covariance_weight=config.loss.covariance_weight, clip_weight=config.loss.clip_weight,
         clip_objective=config.loss.clip_objective, clip_temperature=config.loss.clip_temperature,
         clip_channels=config.loss.get("clip_channels", 0),
+        clip_contrastive_weight=config.loss.get("clip_contrastive_weight", 0.0),
         crops_per_clip=config.data.crops_per_clip,
         spectrogram=objective.SpectrogramTerm.from_config(config.loss))
     noisy_context = config.augment.prob > 0
