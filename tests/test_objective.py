@@ -200,19 +200,15 @@ def test_clip_term_adds_to_the_loss_on_pooled_context_outputs(setup):
         float(plain.loss) + 0.5 * float(expected), rel=1e-5)
 
 
-def test_vicreg_clip_term_can_add_the_contrastive_form_with_its_own_weight(setup):
-    model, config, params, target, masks, audio = setup
-    kwargs = dict(top_k=2, target_norm="example", crops_per_clip=2, clip_weight=1.0,
-                  clip_objective="vicreg")
-    vicreg = objective.wavjepa_loss(model, params, target, audio, masks, **kwargs)
-    both = objective.wavjepa_loss(model, params, target, audio, masks,
-                                  clip_contrastive_weight=0.25, **kwargs)
-    embeddings = objective.pooled(both.context_features, masks.context_valid)
-    assert float(vicreg.clip_loss) == pytest.approx(
-        float(objective.clip_vicreg(embeddings, 2)), rel=1e-5)
-    assert float(both.clip_loss) == pytest.approx(
-        float(vicreg.clip_loss) + 0.25 * float(objective.clip_contrastive(embeddings, 2, 0.1)),
-        rel=1e-5)
+def test_vicreg_clip_term_can_add_the_contrastive_form_with_its_own_weight():
+    context = jax.random.normal(jax.random.PRNGKey(0), (8, 12, 16))
+    valid = jax.random.uniform(jax.random.PRNGKey(1), (8, 12)) > 0.3
+    embeddings = objective.pooled(context, valid)
+    vicreg = objective.clip_loss(context, valid, 2, "vicreg", 0.1)
+    both = objective.clip_loss(context, valid, 2, "vicreg", 0.1, contrastive_weight=0.25)
+    assert float(vicreg) == pytest.approx(float(objective.clip_vicreg(embeddings, 2)), rel=1e-5)
+    assert float(both) == pytest.approx(
+        float(vicreg) + 0.25 * float(objective.clip_contrastive(embeddings, 2, 0.1)), rel=1e-5)
 
 
 def test_clip_term_on_the_first_channels_leaves_the_others_to_the_frame_terms(setup):
@@ -402,25 +398,24 @@ def test_mel_weight_adds_the_mel_domain_error_of_the_cepstral_prediction():
     config = configuration.model_config("tiny")
     config.spectrogram_bands = 16
     model = WavJEPA.from_config(config)
-    params = nn.meta.unbox(jax.jit(model.init, static_argnums=1)(jax.random.PRNGKey(0), SAMPLES))
+    context = jax.random.normal(jax.random.PRNGKey(0), (2, 36, config.encoder_width))
+    params = {"spectrogram_head": nn.meta.unbox(model.spectrogram_head.init(
+        jax.random.PRNGKey(1), context)["params"])}
     masks = masking.sample_masks(jax.random.PRNGKey(1), 2, 200, configuration.mask_config())
     audio = jax.random.normal(jax.random.PRNGKey(2), (2, SAMPLES))
-    loss = jax.jit(lambda mel_weight: objective.wavjepa_loss(  # noqa: E731
-        model, params, params["encoder"], audio, masks, top_k=2, target_norm="example",
-        spectrogram=objective.SpectrogramTerm(1.0, 60.0, "cepstrum", mel_weight)),
-        static_argnums=0)
-    cepstral_only, with_mels = loss(0.0), loss(0.5)
+    loss = lambda mel_weight: float(objective.context_spectrogram_loss(  # noqa: E731
+        model, params, audio, None, context, masks, 200,
+        objective.SpectrogramTerm(1.0, 60.0, "cepstrum", mel_weight)))
     # By hand: the head's cepstral prediction at the valid context frames, its error mapped to
     # standardised log-mel units.
     log_mels = objective.floored_log_mels(audio, 200, 240, 16, 60.0)
     targets = objective.targets_from_log_mels(log_mels, "cepstrum")
     head = params["spectrogram_head"]["out"]
-    predicted = with_mels.context_features @ head["kernel"] + head["bias"]
-    error = predicted - objective.gather_frames(targets, masks.context_idx)
+    error = context @ head["kernel"] + head["bias"] - objective.gather_frames(
+        targets, masks.context_idx)
     as_mels = np.asarray(objective.cepstral_error_as_mels(error, log_mels))
     valid = np.asarray(masks.context_valid)
-    mel_error = np.mean(np.mean(as_mels ** 2, -1)[valid])
-    assert float(cepstral_only.spectrogram_loss) == pytest.approx(
-        np.mean(np.mean(np.asarray(error) ** 2, -1)[valid]), rel=1e-4)
-    assert float(with_mels.spectrogram_loss) == pytest.approx(
-        float(cepstral_only.spectrogram_loss) + 0.5 * mel_error, rel=1e-4)
+    cepstral_error = np.mean(np.mean(np.asarray(error) ** 2, -1)[valid])
+    assert loss(0.0) == pytest.approx(cepstral_error, rel=1e-4)
+    assert loss(0.5) == pytest.approx(
+        cepstral_error + 0.5 * np.mean(np.mean(as_mels ** 2, -1)[valid]), rel=1e-4)
