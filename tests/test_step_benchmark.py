@@ -193,3 +193,25 @@ def test_step_benchmark_with_release_reports_the_ratio_from_one_run(tmp_path):
     ours = float(rows["step (s), median of 2"].split()[0])
     theirs = float(rows["release step (s), median of 2"].split()[0])
     assert rows["speed vs the release (same batch, this run)"] == f"{theirs / ours:.2f}x"
+
+
+@pytest.mark.slow  # Five runs of the tiny step next to the stand-in release: ~3 min on 2 cores.
+def test_gpu_step_check_script_runs_every_part_and_keeps_their_tables(tmp_path):
+    out = tmp_path / "out"
+    result = subprocess.run(
+        ["bash", os.path.join(ROOT, "benchmarks", "gpu_step_check.sh"),
+         fake_release(tmp_path / "release"), str(out), "configs/tiny.py", "8", "float32"],
+        cwd=tmp_path, capture_output=True, text=True, timeout=900,
+        env=dict(os.environ, MEMORY_GIB="0.11", RELEASE_COMPILE="0",
+                 XLA_FLAGS="--xla_force_host_platform_device_count=1"))
+    assert result.returncode == 0, (result.stdout + result.stderr)[-3000:]
+    tables = {name: (out / f"{name}.txt").read_text() for name in (
+        "1_vs_release", "2_remat_dots", "2_remat_nothing", "3_max_batch", "4_profile")}
+    assert "speed vs the release (same batch, this run)" in tables["1_vs_release"]
+    assert "--config.model.remat_policy=dots" in tables["2_remat_dots"]
+    assert "largest batch within 0.11 GiB per device" in tables["3_max_batch"]
+    assert "| top kernels |" in tables["4_profile"]
+    # Usage without its arguments; a part that fails makes the exit status say so.
+    usage = subprocess.run(["bash", os.path.join(ROOT, "benchmarks", "gpu_step_check.sh")],
+                           capture_output=True, text=True)
+    assert usage.returncode == 2 and "RELEASE_CHECKOUT OUT_DIR" in usage.stdout
