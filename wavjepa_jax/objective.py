@@ -198,7 +198,7 @@ class SpectrogramTerm(NamedTuple):
     """The spectrogram term's settings (config.loss.spectrogram_*); weight 0 turns it off.
 
     floor_db:   floor each crop's log-mels this far below its peak first (0: no floor).
-    target:     "mel" or "cepstrum" (spectrogram_targets).
+    target:     "mel" or "cepstrum" (targets_from_log_mels).
     mel_weight: target "cepstrum" only: add this times the error of the same prediction mapped
                 back to standardised log-mels (cepstral_error_as_mels), so the loss weighs the
                 envelope as the mel target does and the ripple as the cepstral one does.
