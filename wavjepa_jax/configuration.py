@@ -90,7 +90,6 @@ def model_config(size: str = "base") -> ml_collections.ConfigDict:
         remat=False,                # Rematerialise each transformer block in the backward pass.
         remat_policy="nothing",     # With remat, what a block keeps: "nothing" or "dots" (its
                                     # projection / MLP matmul outputs; less recompute).
-        remat_frontend=False,       # Recompute the conv front end in the backward pass.
         scan_layers=True,           # nn.scan over blocks: compile time independent of depth.
     ))
 

@@ -81,14 +81,12 @@ class FrontEnd(nn.Module):
     position_scale: float = 1.0
     in_channels: int = 1
     share_channels: bool = False
-    remat: bool = False   # recompute the conv stack in the backward pass instead of keeping it
 
     def setup(self):
-        # nn.remat keeps the module's name and parameters; only the backward pass changes.
-        stack = nn.remat(ConvFeatureStack) if self.remat else ConvFeatureStack
-        self.conv = stack(self.conv_layers, self.conv_norm, self.dtype)
+        self.conv = ConvFeatureStack(self.conv_layers, self.conv_norm, self.dtype)
         for c in range(1, 1 if self.share_channels else self.in_channels):
-            setattr(self, f"conv_{c}", stack(self.conv_layers, self.conv_norm, self.dtype))
+            setattr(self, f"conv_{c}", ConvFeatureStack(self.conv_layers, self.conv_norm,
+                                                        self.dtype))
         self.feature_norm = layer_norm(1e-5, axis="conv_out")
         self.feature_projection = dense(self.width, ("conv_out", "embed"), dtype=self.dtype)
 

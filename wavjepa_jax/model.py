@@ -173,8 +173,7 @@ class WavJEPA:
         dtype = DTYPES[model.dtype]
         frontend, encoder = frontend_and_encoder(
             model, dtype=dtype, scan=model.scan_layers, remat=model.remat,
-            remat_policy=model.get("remat_policy", "nothing"),
-            remat_frontend=model.get("remat_frontend", False))
+            remat_policy=model.get("remat_policy", "nothing"))
         predictor_stack = dataclasses.replace(
             encoder.stack, depth=model.predictor_depth, width=model.predictor_width,
             heads=model.predictor_heads, mlp=model.predictor_mlp)
@@ -211,16 +210,15 @@ class WavJEPA:
 
 
 def frontend_and_encoder(fields: Mapping, *, dtype=jnp.float32, scan: bool = True,
-                         remat: bool = False, remat_policy: str = "nothing",
-                         remat_frontend: bool = False) -> tuple[FrontEnd, Encoder]:
+                         remat: bool = False,
+                         remat_policy: str = "nothing") -> tuple[FrontEnd, Encoder]:
     """The inference half of the model from the encoder fields of a model config: a training
     run's `config.model` or an exported encoder's `config["model"]` (export.ENCODER_FIELDS)."""
     frontend = FrontEnd(tuple(tuple(layer) for layer in fields["conv_layers"]),
                         fields["encoder_width"], fields["conv_norm"], dtype,
                         position_scale=fields.get("position_scale", 1.0),
                         in_channels=fields.get("in_channels", 1),
-                        share_channels=fields.get("share_channel_frontend", False),
-                        remat=remat_frontend)
+                        share_channels=fields.get("share_channel_frontend", False))
     encoder = Encoder(StackConfig(
         fields["encoder_depth"], fields["encoder_width"], fields["encoder_heads"],
         fields["encoder_mlp"], norm_first=fields["norm_first"], eps=fields["layer_norm_eps"],
