@@ -2,6 +2,10 @@
 
     python -m wavjepa_jax.train --config configs/base.py --workdir DIR \
         --config.data.source=arrayrecord --config.data.path=/data/audioset_shards
+
+Memory: `--config.model.remat=True` (with `--config.model.remat_policy=dots` to keep the matmul
+outputs) recomputes each block in the backward pass; on a CPU it is also faster (base, 8 crops:
+14.9 -> 12.9 s per step; benchmarks/STEP.md). Off here until measured on a GPU.
 """
 
 from wavjepa_jax import configuration
