@@ -141,11 +141,11 @@ def component_of(name: str) -> str:
     return min(found)[1] if found else "other"
 
 
-def hlo_op_names(compiled) -> dict[str, str]:
+def hlo_op_names(text: str) -> dict[str, str]:
     """HLO instruction name -> the JAX op name stack in its metadata (named scopes included)."""
     pattern = re.compile(r'^\s*(?:ROOT )?%?([\w.\-]+) = .*metadata=\{[^}]*op_name="([^"]+)"')
     names = {}
-    for line in compiled.as_text().splitlines():
+    for line in text.splitlines():
         match = pattern.match(line)
         if match:
             names[match.group(1)] = match.group(2)
@@ -221,7 +221,8 @@ def kernel_events(trace_dir: str):
 def profile(step, state, audio, trace_dir: str, steps: int = 3):
     """Trace `steps` steps; device seconds per step by (component, direction) and by kernel.
     Only events that are ops of the step count (host-side wrappers are left out)."""
-    op_names, kinds = hlo_op_names(step), kernel_kinds(step.as_text())
+    text = step.as_text()  # Once: for a big model the HLO text takes a while to print.
+    op_names, kinds = hlo_op_names(text), kernel_kinds(text)
     state, _ = time_steps(step, state, audio, 1, 0)
     with jax.profiler.trace(trace_dir):
         state, _ = time_steps(step, state, audio, 0, steps)

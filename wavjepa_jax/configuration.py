@@ -12,6 +12,7 @@ import os
 import ml_collections
 
 from wavjepa_jax.data.audio import RMS_DBFS
+from wavjepa_jax.transformer import REMAT_POLICIES
 
 SAMPLE_RATE = 16_000
 CROP_SAMPLES = 32_160  # 2.01 s at 16 kHz -> exactly 200 frames with the release's front end.
@@ -286,8 +287,9 @@ def validate(config: ml_collections.ConfigDict, mesh=None, process_count: int = 
         if width % heads:
             raise ValueError(f"model.{prefix}_width={width} is not divisible by "
                              f"model.{prefix}_heads={heads}")
-    if model.get("remat_policy", "nothing") not in ("nothing", "dots"):
-        raise ValueError(f"model.remat_policy={model.remat_policy!r} must be 'nothing' or 'dots'")
+    if model.get("remat_policy", "nothing") not in REMAT_POLICIES:
+        raise ValueError(f"model.remat_policy={model.remat_policy!r} must be one of "
+                         f"{sorted(REMAT_POLICIES)}")
     if model.target_norm not in ("example", "channel"):
         raise ValueError(f"model.target_norm={model.target_norm!r} must be 'example' or 'channel'")
     if model.target_centering not in ("none", "batch"):
