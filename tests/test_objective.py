@@ -419,3 +419,46 @@ def test_mel_weight_adds_the_mel_domain_error_of_the_cepstral_prediction():
     assert loss(0.0) == pytest.approx(cepstral_error, rel=1e-4)
     assert loss(0.5) == pytest.approx(
         cepstral_error + 0.5 * np.mean(np.mean(as_mels ** 2, -1)[valid]), rel=1e-4)
+
+
+def test_statistics_term_regresses_each_crops_log_mel_means_and_stds_from_its_pooled_outputs():
+    from wavjepa_jax import logmel
+    config = configuration.model_config("tiny")
+    config.statistics_bands = 16
+    model = WavJEPA.from_config(config)
+    params = nn.meta.unbox(jax.jit(model.init, static_argnums=1)(jax.random.PRNGKey(0), SAMPLES))
+    masks = masking.sample_masks(jax.random.PRNGKey(1), 3, 200, configuration.mask_config())
+    # Crops that differ in level and colour, so their statistics differ.
+    level = jnp.array([[1.0], [3.0], [0.2]])
+    audio = jax.random.normal(jax.random.PRNGKey(2), (3, SAMPLES)) * level
+    audio = audio.at[1].set(jnp.cumsum(audio[1]) / 100)
+    noisy = audio + jax.random.normal(jax.random.PRNGKey(3), audio.shape)
+    loss = jax.jit(lambda p, weight: objective.wavjepa_loss(  # noqa: E731
+        model, p, p["encoder"], audio, masks, top_k=2, target_norm="example",
+        context_audio=noisy, statistics_weight=weight,
+        spectrogram=objective.SpectrogramTerm(floor_db=60.0)), static_argnums=1)
+    plain, out = loss(params, 0.0), loss(params, 0.5)
+    # By hand: the CLEAN crops' floored log-mels over all 200 frames; per crop the mean and std
+    # of each band, each statistic standardised over the crops; against the linear head on the
+    # mean of the valid context outputs.
+    mels = np.asarray(logmel.frame_aligned_log_mel(
+        audio, 200, 240, logmel.LogMelFeatures(n_mels=16)), np.float64)
+    mels = np.maximum(mels, mels.max(axis=(1, 2), keepdims=True) - 6 * np.log(10))
+    stats = np.concatenate([mels.mean(1), mels.std(1)], -1)
+    stats = (stats - stats.mean(0)) / (stats.std(0) + 1e-3)
+    valid = np.asarray(masks.context_valid)[..., None]
+    pooled = (np.asarray(out.context_features, np.float64) * valid).sum(1) / valid.sum(1)
+    head = params["statistics_head"]["out"]
+    predicted = pooled @ np.asarray(head["kernel"]) + np.asarray(head["bias"])
+    expected = np.mean((predicted - stats) ** 2)
+    assert predicted.shape == (3, 32)
+    assert float(out.statistics_loss) == pytest.approx(expected, rel=1e-4)
+    assert float(out.loss) == pytest.approx(float(plain.loss) + 0.5 * expected, rel=1e-4)
+    assert float(plain.statistics_loss) == 0.0
+    # It trains the head, the encoder and the front end; never the predictor or the targets.
+    grads = jax.jit(jax.grad(lambda p, t: objective.wavjepa_loss(
+        model, p, t, audio, masks, top_k=2, target_norm="example", context_audio=noisy,
+        statistics_weight=1.0).statistics_loss, argnums=(0, 1)))(params, params["encoder"])
+    for name in ("statistics_head", "encoder", "frontend"):
+        assert optax_norm(grads[0][name]) > 0, name
+    assert optax_norm(grads[0]["predictor"]) == 0 and optax_norm(grads[1]) == 0

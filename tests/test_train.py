@@ -190,23 +190,26 @@ def test_top_k_deeper_than_the_encoder_is_refused():
         configuration.validate(config)
 
 
+@pytest.mark.parametrize("term,head", [("spectrogram_weight", "spectrogram_bands"),
+                                       ("statistics_weight", "statistics_bands")])
 @pytest.mark.parametrize("change,message", [
-    (dict(weight=1.0), r"loss\.spectrogram_weight=1\.0 and model\.spectrogram_bands=0: .*both"),
-    (dict(bands=64), r"loss\.spectrogram_weight=0\.0 and model\.spectrogram_bands=64: .*both"),
-    (dict(weight=1.0, bands=64, rate=8_000), r"needs data\.sample_rate=16000 .* stride 160"),
+    (dict(weight=1.0), r"loss\.{term}=1\.0 and model\.{head}=0: .*both"),
+    (dict(bands=64), r"loss\.{term}=0\.0 and model\.{head}=64: .*both"),
+    (dict(weight=1.0, bands=64, rate=8_000), r"loss\.{term} needs data\.sample_rate=16000 .* "
+                                             r"stride 160"),
 ])
-def test_spectrogram_term_configs_that_cannot_work_are_refused(change, message):
+def test_log_mel_term_configs_that_cannot_work_are_refused(term, head, change, message):
     config = tiny_config()
-    config.loss.spectrogram_weight = change.get("weight", 0.0)
-    config.model.spectrogram_bands = change.get("bands", 0)
+    config.loss[term] = change.get("weight", 0.0)
+    config.model[head] = change.get("bands", 0)
     config.data.sample_rate = change.get("rate", 16_000)
-    with pytest.raises(ValueError, match=message):
+    with pytest.raises(ValueError, match=message.format(term=term, head=head)):
         configuration.validate(config)
-    config.loss.spectrogram_weight, config.model.spectrogram_bands = 1.0, 64
+    config.loss[term], config.model[head] = 1.0, 64
     config.data.sample_rate = 16_000
     configuration.validate(config)
     with pytest.raises(ValueError, match=r"got 16000 Hz and stride 80"):  # 5 ms frames
-        configuration.validate_spectrogram_term(config, total_stride=80)
+        configuration.validate_log_mel_terms(config, total_stride=80)
 
 
 def test_clip_channels_must_fit_the_encoder_and_not_meet_a_projector():

@@ -87,6 +87,8 @@ def model_config(size: str = "base") -> ml_collections.ConfigDict:
                                     # of this width (trained, never exported); 0: directly.
         spectrogram_bands=0,        # > 0: loss.spectrogram_weight's linear head predicts this
                                     # many log-mel bands per frame (trained, never exported).
+        statistics_bands=0,         # > 0: loss.statistics_weight's linear head predicts the
+                                    # mean and std of this many log-mel bands per crop.
         dtype="float32",            # Compute dtype; params always stay float32.
         remat=False,                # Rematerialise each transformer block in the backward pass.
         remat_policy="nothing",     # With remat, what a block keeps: "nothing" or "dots" (its
@@ -187,13 +189,18 @@ def default_config() -> ml_collections.ConfigDict:
     # spectrogram_mel_weight ("cepstrum" only): also score the prediction mapped back to
     # standardised log-mels, with this weight (the envelope's weight back, next to the ripple's);
     # spectrogram_clean_only: only on the crops whose context input augment left clean.
+    # A statistics term (0: off): each crop's mean-pooled context output regresses, through a
+    # linear head, the mean and the standard deviation over frames of each of the
+    # model.statistics_bands log-mel bands of the clean crop (floored as the spectrogram term's),
+    # standardised over the batch: the clip statistics the log-mel baseline's probe reads.
     config.loss = ml_collections.ConfigDict(dict(
         variance_weight=0.0, covariance_weight=0.0,
         clip_weight=0.0, clip_objective="contrastive", clip_temperature=0.1,
         clip_channels=0,           # > 0: the clip term sees only the first N output channels.
         clip_contrastive_weight=0.0,  # clip_objective "vicreg": plus this x the contrastive form.
         spectrogram_weight=0.0, spectrogram_floor_db=0.0, spectrogram_target="mel",
-        spectrogram_mel_weight=0.0, spectrogram_clean_only=False))
+        spectrogram_mel_weight=0.0, spectrogram_clean_only=False,
+        statistics_weight=0.0))
 
     # Noise on the context branch's input only (prob 0: off, the release); targets stay clean.
     # Gaussian noise with power ~ 1/f^colour, colour uniform in [0, max_colour], at an SNR drawn
@@ -247,21 +254,23 @@ def validate_channels(config: ml_collections.ConfigDict) -> None:
                                  "robustness comes from data.scene (reverberant scenes)")
 
 
-def validate_spectrogram_term(config: ml_collections.ConfigDict, total_stride: int) -> None:
-    """The spectrogram term needs its head, 16 kHz audio and 10 ms frames (its log-mel hop)."""
-    weight, bands = config.loss.get("spectrogram_weight", 0.0), config.model.get(
-        "spectrogram_bands", 0)
-    if bool(weight) != bool(bands):
-        raise ValueError(f"loss.spectrogram_weight={weight} and model.spectrogram_bands={bands}: "
-                         "the term needs its head, set both or neither")
-    if not weight:
-        return
-    if bands < 1:
-        raise ValueError(f"model.spectrogram_bands={bands} must be >= 1")
-    if config.data.sample_rate != SAMPLE_RATE or total_stride != 160:
-        raise ValueError(f"loss.spectrogram_weight needs data.sample_rate={SAMPLE_RATE} and a "
-                         f"front end of total stride 160 (10 ms frames, the log-mel hop); got "
-                         f"{config.data.sample_rate} Hz and stride {total_stride}")
+def validate_log_mel_terms(config: ml_collections.ConfigDict, total_stride: int) -> None:
+    """The spectrogram and statistics terms each need their head, and both need 16 kHz audio and
+    10 ms frames (the log-mel hop)."""
+    for term, head in (("spectrogram_weight", "spectrogram_bands"),
+                       ("statistics_weight", "statistics_bands")):
+        weight, bands = config.loss.get(term, 0.0), config.model.get(head, 0)
+        if bool(weight) != bool(bands):
+            raise ValueError(f"loss.{term}={weight} and model.{head}={bands}: the term needs "
+                             "its head, set both or neither")
+        if not weight:
+            continue
+        if bands < 1:
+            raise ValueError(f"model.{head}={bands} must be >= 1")
+        if config.data.sample_rate != SAMPLE_RATE or total_stride != 160:
+            raise ValueError(f"loss.{term} needs data.sample_rate={SAMPLE_RATE} and a front end "
+                             f"of total stride 160 (10 ms frames, the log-mel hop); got "
+                             f"{config.data.sample_rate} Hz and stride {total_stride}")
 
 
 def validate(config: ml_collections.ConfigDict, mesh=None, process_count: int = 1) -> None:
@@ -303,7 +312,8 @@ def validate(config: ml_collections.ConfigDict, mesh=None, process_count: int = 
         if not 0.0 <= config[section][name] <= 1.0:
             raise ValueError(f"{field}={config[section][name]} must be in [0, 1]")
     for name in ("variance_weight", "covariance_weight", "clip_weight", "clip_contrastive_weight",
-                 "spectrogram_weight", "spectrogram_floor_db", "spectrogram_mel_weight"):
+                 "spectrogram_weight", "spectrogram_floor_db", "spectrogram_mel_weight",
+                 "statistics_weight"):
         if config.loss.get(name, 0.0) < 0:
             raise ValueError(f"loss.{name}={config.loss[name]} must be >= 0")
     if config.loss.get("spectrogram_target", "mel") not in ("mel", "cepstrum"):
@@ -342,7 +352,7 @@ def validate(config: ml_collections.ConfigDict, mesh=None, process_count: int = 
     if model.get("clip_projector", 0) and not config.loss.clip_weight:
         raise ValueError(f"model.clip_projector={model.clip_projector} is the clip-level term's "
                          "head, but loss.clip_weight=0: set both or neither")
-    validate_spectrogram_term(config, frontend.receptive_field(model.conv_layers)[1])
+    validate_log_mel_terms(config, frontend.receptive_field(model.conv_layers)[1])
     augment.validate_noise_config(config.augment)
     if model.conv_norm not in ("group", "layer"):
         raise ValueError(f"model.conv_norm={model.conv_norm!r} must be 'group' or 'layer'")

@@ -141,8 +141,10 @@ class ClipHead(nn.Module):
 
 class SpectrogramHead(nn.Module):
     """A linear map from each context-encoder output frame to the log-mel bands of the clean audio
-    at that frame (loss.spectrogram_weight). Linear, so what it asks the encoder to keep is
-    linearly readable by a downstream probe. Training-only, like ClipHead."""
+    at that frame (loss.spectrogram_weight), or from a crop's mean-pooled outputs to its log-mel
+    statistics (loss.statistics_weight: `bands` = 2 x model.statistics_bands, means and stds).
+    Linear, so what it asks the encoder to keep is linearly readable by a downstream probe.
+    Training-only, like ClipHead."""
 
     bands: int
 
@@ -167,6 +169,7 @@ class WavJEPA:
     predictor: Predictor
     clip_head: ClipHead | None = None
     spectrogram_head: SpectrogramHead | None = None
+    statistics_head: SpectrogramHead | None = None
 
     @classmethod
     def from_config(cls, model: "ml_collections.ConfigDict") -> "WavJEPA":
@@ -183,12 +186,14 @@ class WavJEPA:
             clip_head=ClipHead(model.clip_projector) if model.get("clip_projector", 0) else None,
             spectrogram_head=(SpectrogramHead(model.spectrogram_bands)
                               if model.get("spectrogram_bands", 0) else None),
+            statistics_head=(SpectrogramHead(2 * model.statistics_bands)
+                             if model.get("statistics_bands", 0) else None),
         )
 
     def init(self, rng: jax.Array, num_samples: int, num_context: int = 4, num_targets: int = 4):
         """Boxed (logically partitioned) params {'frontend', 'encoder', 'predictor'} (and
-        'clip_head' / 'spectrogram_head' when the model has them; their keys are folded in, so
-        the others do not change).
+        'clip_head' / 'spectrogram_head' / 'statistics_head' when the model has them; their keys
+        are folded in, so the others do not change).
 
         Use under jax.eval_shape to get shapes and logical axes without allocating anything.
         """
@@ -206,6 +211,9 @@ class WavJEPA:
         if self.spectrogram_head is not None:
             params["spectrogram_head"] = self.spectrogram_head.init(
                 jax.random.fold_in(rng, 4), jnp.zeros((1, 1, width), jnp.float32))["params"]
+        if self.statistics_head is not None:
+            params["statistics_head"] = self.statistics_head.init(
+                jax.random.fold_in(rng, 5), jnp.zeros((1, width), jnp.float32))["params"]
         return params
 
 

@@ -70,7 +70,8 @@ def make_train_step(model: WavJEPA, config: ml_collections.ConfigDict,
         clip_channels=config.loss.get("clip_channels", 0),
         clip_contrastive_weight=config.loss.get("clip_contrastive_weight", 0.0),
         crops_per_clip=config.data.crops_per_clip,
-        spectrogram=objective.SpectrogramTerm.from_config(config.loss))
+        spectrogram=objective.SpectrogramTerm.from_config(config.loss),
+        statistics_weight=config.loss.get("statistics_weight", 0.0))
     noisy_context = config.augment.prob > 0
 
     def logged_only(step_done, compute):
@@ -130,6 +131,7 @@ def make_train_step(model: WavJEPA, config: ml_collections.ConfigDict,
             "loss": loss, "prediction_loss": outputs.prediction_loss,
             "variance_loss": outputs.variance_loss, "covariance_loss": outputs.covariance_loss,
             "clip_loss": outputs.clip_loss, "spectrogram_loss": outputs.spectrogram_loss,
+            "statistics_loss": outputs.statistics_loss,
             "grad_norm": grad_norm, "ema_decay": decay, "finite": finite,
             "learning_rate": learning_rate(count),
             "bad_steps": new_state.bad_steps, "skipped_steps": new_state.skipped_steps,
