@@ -164,6 +164,10 @@ def test_binaural_configs_that_cannot_work_are_refused():
     config.augment.prob = 0.5
     with pytest.raises(ValueError, match=r"augment\.prob=0\.5 is for mono models"):
         configuration.validate(config)
+    config.augment.prob = 0.0
+    config.loss.statistics_weight, config.model.statistics_bands = 1.0, 16
+    with pytest.raises(ValueError, match=r"loss\.statistics_weight=1\.0 is for mono models"):
+        configuration.validate(config)
 
 
 def test_binaural_random_init_is_the_runs_step_0():

@@ -177,22 +177,27 @@ def test_clip_head_is_optional_and_leaves_the_other_params_as_they_were():
         config.encoder_width * 32 + 32 + 32 * 32 + 32)
 
 
-def test_spectrogram_head_is_optional_and_leaves_the_other_params_as_they_were():
+@pytest.mark.parametrize("field,head,inputs,outputs", [
+    ("spectrogram_bands", "spectrogram_head", (2, 7), (2, 7, 24)),  # per frame: 24 bands
+    ("statistics_bands", "statistics_head", (2,), (2, 48)),         # per crop: 24 means, 24 stds
+])
+def test_training_only_heads_are_optional_and_leave_the_other_params_as_they_were(
+        field, head, inputs, outputs):
     config = configuration.model_config("tiny")
     key = jax.random.PRNGKey(0)
     plain = nn.meta.unbox(jax.jit(WavJEPA.from_config(config).init, static_argnums=1)(
         key, 16_000))
-    config.spectrogram_bands = 24
+    config[field] = 24
     model = WavJEPA.from_config(config)
     with_head = nn.meta.unbox(jax.jit(model.init, static_argnums=1)(key, 16_000))
-    assert set(with_head) == set(plain) | {"spectrogram_head"}
+    assert set(with_head) == set(plain) | {head}
     for name in plain:
         for a, b in zip(jax.tree.leaves(plain[name]), jax.tree.leaves(with_head[name])):
             np.testing.assert_array_equal(a, b)
-    frames = jnp.ones((2, 7, config.encoder_width))
-    assert model.spectrogram_head.apply({"params": with_head["spectrogram_head"]},
-                                        frames).shape == (2, 7, 24)
-    assert train.param_summary(with_head)["spectrogram_head"] == config.encoder_width * 24 + 24
+    features = jnp.ones(inputs + (config.encoder_width,))
+    assert getattr(model, head).apply({"params": with_head[head]}, features).shape == outputs
+    width = outputs[-1]
+    assert train.param_summary(with_head)[head] == config.encoder_width * width + width
 
 
 def test_clip_token_leads_every_sequence_and_is_returned_apart_from_the_frames():

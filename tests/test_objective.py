@@ -428,10 +428,14 @@ def test_statistics_term_regresses_each_crops_log_mel_means_and_stds_from_its_po
     model = WavJEPA.from_config(config)
     params = nn.meta.unbox(jax.jit(model.init, static_argnums=1)(jax.random.PRNGKey(0), SAMPLES))
     masks = masking.sample_masks(jax.random.PRNGKey(1), 3, 200, configuration.mask_config())
-    # Crops that differ in level and colour, so their statistics differ.
+    # Some context slots marked invalid: the pooling must leave them out.
+    masks = masks._replace(context_valid=masks.context_valid.at[0, :10].set(False)
+                           .at[2, -5:].set(False))
+    # Crops that differ in level and colour, so their statistics differ; the first half of the
+    # first crop is digital silence, which only the 60 dB floor keeps out of its statistics.
     level = jnp.array([[1.0], [3.0], [0.2]])
     audio = jax.random.normal(jax.random.PRNGKey(2), (3, SAMPLES)) * level
-    audio = audio.at[1].set(jnp.cumsum(audio[1]) / 100)
+    audio = audio.at[1].set(jnp.cumsum(audio[1]) / 100).at[0, :SAMPLES // 2].set(0.0)
     noisy = audio + jax.random.normal(jax.random.PRNGKey(3), audio.shape)
     loss = jax.jit(lambda p, weight: objective.wavjepa_loss(  # noqa: E731
         model, p, p["encoder"], audio, masks, top_k=2, target_norm="example",
@@ -443,16 +447,21 @@ def test_statistics_term_regresses_each_crops_log_mel_means_and_stds_from_its_po
     # mean of the valid context outputs.
     mels = np.asarray(logmel.frame_aligned_log_mel(
         audio, 200, 240, logmel.LogMelFeatures(n_mels=16)), np.float64)
-    mels = np.maximum(mels, mels.max(axis=(1, 2), keepdims=True) - 6 * np.log(10))
-    stats = np.concatenate([mels.mean(1), mels.std(1)], -1)
-    stats = (stats - stats.mean(0)) / (stats.std(0) + 1e-3)
+    floored = np.maximum(mels, mels.max(axis=(1, 2), keepdims=True) - 6 * np.log(10))
     valid = np.asarray(masks.context_valid)[..., None]
     pooled = (np.asarray(out.context_features, np.float64) * valid).sum(1) / valid.sum(1)
     head = params["statistics_head"]["out"]
     predicted = pooled @ np.asarray(head["kernel"]) + np.asarray(head["bias"])
-    expected = np.mean((predicted - stats) ** 2)
     assert predicted.shape == (3, 32)
+
+    def standardised_statistics(mels):
+        stats = np.concatenate([mels.mean(1), mels.std(1)], -1)
+        return (stats - stats.mean(0)) / (stats.std(0) + 1e-3)
+
+    expected = np.mean((predicted - standardised_statistics(floored)) ** 2)
     assert float(out.statistics_loss) == pytest.approx(expected, rel=1e-4)
+    # The floor matters here: without it the silent half sets the first crop's statistics.
+    assert np.abs(standardised_statistics(mels) - standardised_statistics(floored)).max() > 0.1
     assert float(out.loss) == pytest.approx(float(plain.loss) + 0.5 * expected, rel=1e-4)
     assert float(plain.statistics_loss) == 0.0
     # It trains the head, the encoder and the front end; never the predictor or the targets.

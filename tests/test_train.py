@@ -212,6 +212,16 @@ def test_log_mel_term_configs_that_cannot_work_are_refused(term, head, change, m
         configuration.validate_log_mel_terms(config, total_stride=80)
 
 
+def test_statistics_term_needs_enough_crops_to_standardise_over():
+    config = tiny_config()
+    config.loss.statistics_weight, config.model.statistics_bands = 1.0, 16
+    config.batch_size = configuration.MIN_STATISTICS_BATCH - 1
+    with pytest.raises(ValueError, match=r"batch_size=7 is too few crops .* use 8 or more"):
+        configuration.validate(config)
+    config.batch_size = configuration.MIN_STATISTICS_BATCH
+    configuration.validate(config)
+
+
 def test_clip_channels_must_fit_the_encoder_and_not_meet_a_projector():
     config = tiny_config()
     config.loss.clip_weight, config.data.crops_per_clip = 1.0, 2

@@ -248,10 +248,14 @@ def validate_channels(config: ml_collections.ConfigDict) -> None:
             raise ValueError(f"model.in_channels={channels}: the time/channel positional code "
                              "needs model.encoder_width and model.predictor_width divisible by 4")
         for field, value in (("augment.prob", config.augment.prob),
-                             ("loss.spectrogram_weight", config.loss.get("spectrogram_weight", 0))):
+                             ("loss.spectrogram_weight", config.loss.get("spectrogram_weight", 0)),
+                             ("loss.statistics_weight", config.loss.get("statistics_weight", 0))):
             if value:
                 raise ValueError(f"{field}={value} is for mono models; the binaural model's "
                                  "robustness comes from data.scene (reverberant scenes)")
+
+
+MIN_STATISTICS_BATCH = 8  # Fewer crops make the standardised statistics near-binary.
 
 
 def validate_log_mel_terms(config: ml_collections.ConfigDict, total_stride: int) -> None:
@@ -267,6 +271,10 @@ def validate_log_mel_terms(config: ml_collections.ConfigDict, total_stride: int)
             continue
         if bands < 1:
             raise ValueError(f"model.{head}={bands} must be >= 1")
+        if term == "statistics_weight" and config.batch_size < MIN_STATISTICS_BATCH:
+            raise ValueError(f"loss.statistics_weight standardises each crop's statistics over "
+                             f"the batch: batch_size={config.batch_size} is too few crops for "
+                             f"that, use {MIN_STATISTICS_BATCH} or more")
         if config.data.sample_rate != SAMPLE_RATE or total_stride != 160:
             raise ValueError(f"loss.{term} needs data.sample_rate={SAMPLE_RATE} and a front end "
                              f"of total stride 160 (10 ms frames, the log-mel hop); got "

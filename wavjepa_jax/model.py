@@ -141,16 +141,27 @@ class ClipHead(nn.Module):
 
 class SpectrogramHead(nn.Module):
     """A linear map from each context-encoder output frame to the log-mel bands of the clean audio
-    at that frame (loss.spectrogram_weight), or from a crop's mean-pooled outputs to its log-mel
-    statistics (loss.statistics_weight: `bands` = 2 x model.statistics_bands, means and stds).
-    Linear, so what it asks the encoder to keep is linearly readable by a downstream probe.
-    Training-only, like ClipHead."""
+    at that frame (loss.spectrogram_weight). Linear, so what it asks the encoder to keep is
+    linearly readable by a downstream probe. Training-only, like ClipHead."""
 
     bands: int
 
     @nn.compact
     def __call__(self, frames):
         return dense(self.bands, ("embed", "head_out"), "out")(frames)
+
+
+class StatisticsHead(nn.Module):
+    """A linear map from a crop's mean-pooled context outputs [batch, width] to the mean and the
+    standard deviation over frames of each of `bands` log-mel bands of the clean crop
+    [batch, 2 * bands] (loss.statistics_weight). Linear for the same reason as SpectrogramHead;
+    training-only."""
+
+    bands: int
+
+    @nn.compact
+    def __call__(self, pooled):
+        return dense(2 * self.bands, ("embed", "head_out"), "out")(pooled)
 
 
 def training_init_rng(seed: int) -> jax.Array:
@@ -169,7 +180,7 @@ class WavJEPA:
     predictor: Predictor
     clip_head: ClipHead | None = None
     spectrogram_head: SpectrogramHead | None = None
-    statistics_head: SpectrogramHead | None = None
+    statistics_head: StatisticsHead | None = None
 
     @classmethod
     def from_config(cls, model: "ml_collections.ConfigDict") -> "WavJEPA":
@@ -186,7 +197,7 @@ class WavJEPA:
             clip_head=ClipHead(model.clip_projector) if model.get("clip_projector", 0) else None,
             spectrogram_head=(SpectrogramHead(model.spectrogram_bands)
                               if model.get("spectrogram_bands", 0) else None),
-            statistics_head=(SpectrogramHead(2 * model.statistics_bands)
+            statistics_head=(StatisticsHead(model.statistics_bands)
                              if model.get("statistics_bands", 0) else None),
         )
 

@@ -417,8 +417,8 @@ def context_statistics_loss(model: WavJEPA, params, audio, context, masks: Masks
     against `statistics_targets` of the clean audio's log-mels (all its frames, floored as the
     spectrogram term's), mean squared error over crops and statistics."""
     field, _ = frontend_lib.receptive_field(model.frontend.conv_layers)
-    bands = model.statistics_head.bands // 2
-    targets = statistics_targets(floored_log_mels(audio, num_frames, field, bands, floor_db))
+    targets = statistics_targets(floored_log_mels(audio, num_frames, field,
+                                                  model.statistics_head.bands, floor_db))
     predicted = model.statistics_head.apply({"params": params["statistics_head"]},
                                             pooled(context, masks.context_valid))
-    return jnp.mean(jnp.square(predicted.astype(jnp.float32) - targets))
+    return jnp.mean(jnp.square(predicted - targets))

@@ -16,7 +16,7 @@ from wavjepa_jax.model import WavJEPA, training_init_rng
 
 class TrainState(flax.struct.PyTreeNode):
     step: jax.Array            # int32 scalar: steps taken (skipped non-finite steps included)
-    params: dict               # {'frontend', 'encoder', 'predictor'[, 'clip_head']}
+    params: dict               # {'frontend', 'encoder', 'predictor'[, training-only heads]}
     target_params: dict        # EMA of params['encoder']: the target encoder, never differentiated
     target_frontend: dict      # EMA of params['frontend'] (model.target_frontend="ema"), else {}
     opt_state: optax.OptState
