@@ -22,6 +22,15 @@ def setup():
     return model, config, params, target, masks, audio
 
 
+def tiny_model_with(**fields):
+    """(model, params) of the tiny preset with `fields` set on its model config."""
+    config = configuration.model_config("tiny")
+    config.update(fields)
+    model = WavJEPA.from_config(config)
+    return model, nn.meta.unbox(jax.jit(model.init, static_argnums=1)(jax.random.PRNGKey(0),
+                                                                      SAMPLES))
+
+
 @pytest.fixture(scope="module")
 def loss_and_grads(setup):
     """jit(value_and_grad) w.r.t. (params, target_params), compiled once for the module."""
@@ -228,11 +237,7 @@ def test_clip_term_on_the_first_channels_leaves_the_others_to_the_frame_terms(se
 @pytest.mark.slow  # ~30 s: a compile of the loss and its gradient with a clip-token encoder.
 def test_clip_term_reads_the_clip_token_when_the_encoder_has_one(setup):
     model, config, params, target, masks, audio = setup
-    config = configuration.model_config("tiny")
-    config.clip_token = True
-    model = WavJEPA.from_config(config)
-    params = nn.meta.unbox(jax.jit(model.init, static_argnums=1)(jax.random.PRNGKey(0),
-                                                                 audio.shape[-1]))
+    model, params = tiny_model_with(clip_token=True)
     kwargs = dict(top_k=2, target_norm="example", crops_per_clip=2, clip_weight=1.0)
 
     @jax.jit
@@ -277,10 +282,7 @@ def test_noisy_context_audio_keeps_the_targets_clean(setup):
 
 def test_spectrogram_term_regresses_the_clean_log_mel_at_each_context_frame():
     from wavjepa_jax import logmel
-    config = configuration.model_config("tiny")
-    config.spectrogram_bands = 16
-    model = WavJEPA.from_config(config)
-    params = nn.meta.unbox(jax.jit(model.init, static_argnums=1)(jax.random.PRNGKey(0), SAMPLES))
+    model, params = tiny_model_with(spectrogram_bands=16)
     masks = masking.sample_masks(jax.random.PRNGKey(1), 2, 200, configuration.mask_config())
     audio = jax.random.normal(jax.random.PRNGKey(2), (2, SAMPLES))
     noisy = audio + jax.random.normal(jax.random.PRNGKey(3), audio.shape)
@@ -423,10 +425,7 @@ def test_mel_weight_adds_the_mel_domain_error_of_the_cepstral_prediction():
 
 def test_statistics_term_regresses_each_crops_log_mel_means_and_stds_from_its_pooled_outputs():
     from wavjepa_jax import logmel
-    config = configuration.model_config("tiny")
-    config.statistics_bands = 16
-    model = WavJEPA.from_config(config)
-    params = nn.meta.unbox(jax.jit(model.init, static_argnums=1)(jax.random.PRNGKey(0), SAMPLES))
+    model, params = tiny_model_with(statistics_bands=16)
     masks = masking.sample_masks(jax.random.PRNGKey(1), 3, 200, configuration.mask_config())
     # Some context slots marked invalid: the pooling must leave them out.
     masks = masks._replace(context_valid=masks.context_valid.at[0, :10].set(False)
