@@ -65,3 +65,73 @@ def test_bad_noise_and_clip_settings_name_their_field(field, value):
     with pytest.raises(ValueError, match=field.split(".")[1] if "crops" not in field
                        else "crops_per_clip"):
         configuration.validate(config)
+
+
+def peak_frequency(x, rate=16_000):
+    spectrum = np.abs(np.fft.rfft(np.asarray(x, np.float64), axis=-1))
+    return np.argmax(spectrum, -1) * rate / x.shape[-1]
+
+
+def tones(hz, samples=16_000, rate=16_000):
+    t = np.arange(samples) / rate
+    return jnp.asarray(np.sqrt(2) * np.sin(2 * np.pi * np.asarray(hz)[:, None] * t), jnp.float32)
+
+
+def test_slow_down_scales_every_frequency_by_the_ratio():
+    ratio = jnp.array([1.0, 0.5, 2 ** (-3 / 12)])
+    slowed = augment.slow_down(tones([1000.0, 1000.0, 440.0]), ratio)
+    np.testing.assert_allclose(peak_frequency(slowed), [1000.0, 500.0, 440 * 2 ** (-3 / 12)],
+                               atol=1.5)
+    assert np.all(np.isfinite(np.asarray(slowed)))
+
+
+def test_low_pass_removes_what_lies_above_the_cutoff():
+    audio = tones([500.0, 500.0]) + 0.5 * tones([6000.0, 6000.0])
+    out = np.asarray(augment.low_pass(audio, jnp.array([0.5, 0.9])))  # 4 kHz and 7.2 kHz
+    np.testing.assert_allclose(out[0], np.asarray(tones([500.0])[0]), atol=1e-4)
+    np.testing.assert_allclose(out[1], np.asarray(audio[1]), atol=1e-4)
+
+
+def test_pitch_twins_pair_each_clip_with_a_slower_copy_of_the_same_pitch_shift():
+    config = ml_collections.ConfigDict(dict(pitch_twins=True, twin_semitones_low=1.0,
+                                            twin_semitones_high=6.0))
+    # 8 clips of 2 crops; every crop a different tone, so each twin's shift can be read off.
+    hz = 300.0 + 50.0 * np.arange(16)
+    out = augment.pitch_twins(jax.random.PRNGKey(0), tones(hz), 2, config)
+    np.testing.assert_allclose(np.mean(np.square(np.asarray(out)), -1), 1, rtol=1e-3)
+    np.testing.assert_allclose(peak_frequency(out[:8]), hz[:8], atol=1.5)  # originals kept
+    semitones = 12 * np.log2(hz[:8] / peak_frequency(out[8:]))
+    assert np.all((semitones > 0.9) & (semitones < 6.1))
+    # One shift per clip: the two crops of a twin moved alike, the twins differently.
+    np.testing.assert_allclose(semitones[0::2], semitones[1::2], atol=0.15)
+    assert np.ptp(semitones) > 1.0
+    np.testing.assert_array_equal(out, augment.pitch_twins(jax.random.PRNGKey(0), tones(hz), 2,
+                                                           config))
+
+
+def test_pitch_twins_take_the_bandwidth_cue_away():
+    config = ml_collections.ConfigDict(dict(pitch_twins=True, twin_semitones_low=4.0,
+                                            twin_semitones_high=4.0))
+    noise = jax.random.normal(jax.random.PRNGKey(4), (4, 16_000))
+    out = np.asarray(augment.pitch_twins(jax.random.PRNGKey(0), noise, 2, config), np.float64)
+    spectrum = np.abs(np.fft.rfft(out, axis=-1)) ** 2
+    cutoff = int(8000 * 2 ** (-4 / 12))  # Hz = bins of a 1 s crop
+    above = spectrum[:, cutoff + 20:].sum(-1) / spectrum.sum(-1)
+    # White noise slowed down has nothing above its new Nyquist, and neither has its original.
+    np.testing.assert_array_less(above, 1e-3)
+    assert np.all(spectrum[:, cutoff - 200:cutoff - 20].mean(-1) > 0.1 * spectrum.mean(-1))
+
+
+@pytest.mark.parametrize("change,message", [
+    (dict(batch_size=12), "clips must be even"),  # 12 crops / 4 per clip = 3 clips
+    (dict(twin_semitones_low=0.0), "twin_semitones_low"),
+    (dict(twin_semitones_low=5.0, twin_semitones_high=3.0), "twin_semitones_low"),
+])
+def test_pitch_twin_settings_that_cannot_work_are_refused(change, message):
+    config = configuration.default_config()
+    config.update(batch_size=change.pop("batch_size", 8))
+    config.data.crops_per_clip = 4
+    config.augment.pitch_twins = True
+    config.augment.update(change)
+    with pytest.raises(ValueError, match=message):
+        configuration.validate(config)

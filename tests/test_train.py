@@ -308,3 +308,14 @@ def test_ema_front_end_is_updated_like_the_target_encoder(batches):
     # Two steps from equal weights: ema = 0.9 (0.9 w0 + 0.1 w1) + 0.1 w2, which differs from w2.
     assert any(not np.allclose(e, o) for e, o in zip(jax.tree.leaves(ema),
                                                      jax.tree.leaves(online)))
+
+
+def test_pitch_twins_reach_the_step(batches):
+    config = tiny_config()
+    config.data.crops_per_clip = 2
+    config.loss.clip_weight = 1.0
+    config.augment.pitch_twins = True
+    twins, _ = run_steps(config, jax.devices()[:1], batches[:2])
+    config.augment.pitch_twins = False
+    plain, _ = run_steps(config, jax.devices()[:1], batches[:2])
+    assert np.all(np.isfinite(twins)) and twins != plain

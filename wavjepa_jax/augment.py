@@ -7,6 +7,12 @@ input (denoising masked prediction), so its features hold up when the input is n
 uniformly in [0, max_colour] (0 white, 1 pink, 2 brown). A share `prob` of the crops gets noise; the
 SNR is drawn uniformly in [snr_db_low, snr_db_high]. Everything is drawn from the step's key, so
 the step stays a pure function of (state, audio) and a resumed run draws the same noise.
+
+Pitch twins (`pitch_twins`, off by default) give the clip-level term hard negatives that differ in
+pitch (and tempo) alone: the second half of a batch's clips is replaced by copies of the first
+half played slower (pitch down by a drawn number of semitones, all crops of a twin alike), both
+low-passed to the twin's bandwidth so that bandwidth cannot tell them apart. A contrastive clip term
+must then keep pitch to tell a clip from its twin, where otherwise it keeps timbre alone.
 """
 
 from __future__ import annotations
@@ -37,10 +43,7 @@ def add_noise(key: jax.Array, audio: jax.Array, snr_db: jax.Array, colour: jax.A
     power), re-standardised to zero mean and unit power as the pipeline delivers crops."""
     noise = coloured_noise(key, audio.shape, colour)
     power = jnp.mean(jnp.square(audio), -1, keepdims=True)
-    noisy = audio + noise * jnp.sqrt(power * 10.0 ** (-snr_db[:, None] / 10.0))
-    centred = noisy - jnp.mean(noisy, -1, keepdims=True)
-    return centred * jax.lax.rsqrt(jnp.mean(jnp.square(centred), -1, keepdims=True)
-                                   + STANDARDISE_EPS)
+    return standardise(audio + noise * jnp.sqrt(power * 10.0 ** (-snr_db[:, None] / 10.0)))
 
 
 def context_noise(key: jax.Array, audio: jax.Array, config: ml_collections.ConfigDict) -> jax.Array:
@@ -55,6 +58,51 @@ def context_noise(key: jax.Array, audio: jax.Array, config: ml_collections.Confi
     return jnp.where(apply[:, None], noisy, audio)
 
 
+def standardise(audio: jax.Array) -> jax.Array:
+    """Each crop [batch, samples] to zero mean and unit power, as the pipeline delivers crops."""
+    centred = audio - jnp.mean(audio, -1, keepdims=True)
+    return centred * jax.lax.rsqrt(jnp.mean(jnp.square(centred), -1, keepdims=True)
+                                   + STANDARDISE_EPS)
+
+
+def slow_down(audio: jax.Array, ratio: jax.Array) -> jax.Array:
+    """audio [batch, samples] played at `ratio` [batch] (<= 1) of its speed: every frequency times
+    ratio (pitch down by 12 log2(1 / ratio) semitones), the first `ratio` share of each crop
+    stretched over its whole length by linear interpolation."""
+    samples = audio.shape[-1]
+    position = jnp.arange(samples, dtype=jnp.float32)[None] * ratio[:, None]
+    left = jnp.clip(jnp.floor(position).astype(jnp.int32), 0, samples - 2)
+    frac = position - left
+    at = lambda idx: jnp.take_along_axis(audio, idx, axis=-1)  # noqa: E731
+    return at(left) * (1.0 - frac) + at(left + 1) * frac
+
+
+def low_pass(audio: jax.Array, cutoff: jax.Array) -> jax.Array:
+    """audio [batch, samples] without the frequencies above cutoff [batch] (a share of Nyquist)."""
+    spectrum = jnp.fft.rfft(audio, axis=-1)
+    share = jnp.arange(spectrum.shape[-1], dtype=jnp.float32) / (spectrum.shape[-1] - 1)
+    return jnp.fft.irfft(jnp.where(share[None] <= cutoff[:, None], spectrum, 0.0),
+                         n=audio.shape[-1], axis=-1)
+
+
+def pitch_twins(key: jax.Array, audio: jax.Array, crops_per_clip: int,
+                config: ml_collections.ConfigDict) -> jax.Array:
+    """The batch [batch, samples] (a clip's crops adjacent) with its second half of clips replaced
+    by twins of the first half: each played slower by semitones drawn uniformly in
+    [twin_semitones_low, twin_semitones_high] (one draw per clip), and both low-passed to the
+    twin's bandwidth. Both halves re-standardised."""
+    batch, samples = audio.shape
+    clips = batch // crops_per_clip
+    semitones = jax.random.uniform(key, (clips // 2,), minval=config.twin_semitones_low,
+                                   maxval=config.twin_semitones_high)
+    ratio = jnp.repeat(2.0 ** (-semitones / 12.0), crops_per_clip)  # [batch // 2], per crop
+    originals = audio[: batch // 2].astype(jnp.float32)
+    # Both low-passed: linear interpolation also leaves images above the twin's new Nyquist.
+    both = low_pass(jnp.concatenate([originals, slow_down(originals, ratio)]),
+                    jnp.concatenate([ratio, ratio]))
+    return standardise(both).astype(audio.dtype)
+
+
 def validate_noise_config(config: ml_collections.ConfigDict) -> None:
     """ValueError, naming the field, for noise settings that cannot work."""
     if not 0.0 <= config.prob <= 1.0:
@@ -64,3 +112,7 @@ def validate_noise_config(config: ml_collections.ConfigDict) -> None:
                          f"augment.snr_db_high={config.snr_db_high}")
     if config.max_colour < 0:
         raise ValueError(f"augment.max_colour={config.max_colour} must be >= 0")
+    low, high = config.get("twin_semitones_low", 1.0), config.get("twin_semitones_high", 1.0)
+    if config.get("pitch_twins", False) and not 0.0 < low <= high <= 12.0:
+        raise ValueError(f"augment.twin_semitones_low={low} and augment.twin_semitones_high="
+                         f"{high} must satisfy 0 < low <= high <= 12")

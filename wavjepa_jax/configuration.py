@@ -205,8 +205,11 @@ def default_config() -> ml_collections.ConfigDict:
     # Noise on the context branch's input only (prob 0: off, the release); targets stay clean.
     # Gaussian noise with power ~ 1/f^colour, colour uniform in [0, max_colour], at an SNR drawn
     # uniformly in [snr_db_low, snr_db_high] dB against each crop (wavjepa_jax/augment.py).
+    # pitch_twins: the second half of each batch's clips replaced by slowed-down (pitch-shifted)
+    # copies of the first half, twin_semitones_low..high lower: hard negatives for the clip term.
     config.augment = ml_collections.ConfigDict(dict(
-        prob=0.0, snr_db_low=-5.0, snr_db_high=20.0, max_colour=2.0))
+        prob=0.0, snr_db_low=-5.0, snr_db_high=20.0, max_colour=2.0,
+        pitch_twins=False, twin_semitones_low=1.0, twin_semitones_high=4.0))
 
     config.checkpoint = ml_collections.ConfigDict(dict(
         every=5_000, keep=3, async_save=True,
@@ -248,6 +251,7 @@ def validate_channels(config: ml_collections.ConfigDict) -> None:
             raise ValueError(f"model.in_channels={channels}: the time/channel positional code "
                              "needs model.encoder_width and model.predictor_width divisible by 4")
         for field, value in (("augment.prob", config.augment.prob),
+                             ("augment.pitch_twins", config.augment.get("pitch_twins", False)),
                              ("loss.spectrogram_weight", config.loss.get("spectrogram_weight", 0)),
                              ("loss.statistics_weight", config.loss.get("statistics_weight", 0))):
             if value:
@@ -372,6 +376,11 @@ def validate(config: ml_collections.ConfigDict, mesh=None, process_count: int = 
     if config.batch_size % config.data.crops_per_clip:
         raise ValueError(f"batch_size={config.batch_size} is not divisible by "
                          f"data.crops_per_clip={config.data.crops_per_clip}")
+    if config.augment.get("pitch_twins", False) and (
+            config.batch_size // config.data.crops_per_clip) % 2:
+        raise ValueError(f"augment.pitch_twins pairs each clip of a batch's first half with a "
+                         f"twin in its second half: batch_size={config.batch_size} / "
+                         f"data.crops_per_clip={config.data.crops_per_clip} clips must be even")
     for field in ("total_steps", "log_every", "checkpoint.every"):
         value = config[field] if "." not in field else config[field.split(".")[0]][
             field.split(".")[1]]

@@ -73,6 +73,7 @@ def make_train_step(model: WavJEPA, config: ml_collections.ConfigDict,
         spectrogram=objective.SpectrogramTerm.from_config(config.loss),
         statistics_weight=config.loss.get("statistics_weight", 0.0))
     noisy_context = config.augment.prob > 0
+    pitch_twins = config.augment.get("pitch_twins", False)
 
     def logged_only(step_done, compute):
         """compute() on the steps the loop logs (an SVD is not free on a pod); zeros otherwise."""
@@ -89,6 +90,9 @@ def make_train_step(model: WavJEPA, config: ml_collections.ConfigDict,
         masks = jax.tree.map(
             lambda m: nn.with_logical_constraint(m, ("batch",) + (None,) * (m.ndim - 1)), masks)
 
+        if pitch_twins:
+            audio = augment.pitch_twins(jax.random.fold_in(step_key, 2), audio,
+                                        config.data.crops_per_clip, config.augment)
         context_audio = (augment.context_noise(jax.random.fold_in(step_key, 1), audio,
                                                config.augment) if noisy_context else None)
 
