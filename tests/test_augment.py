@@ -126,12 +126,14 @@ def test_pitch_twins_take_the_bandwidth_cue_away():
     (dict(batch_size=12), "clips must be even"),  # 12 crops / 4 per clip = 3 clips
     (dict(twin_semitones_low=0.0), "twin_semitones_low"),
     (dict(twin_semitones_low=5.0, twin_semitones_high=3.0), "twin_semitones_low"),
+    (dict(clip_weight=0.0), "clip_weight=0"),
 ])
 def test_pitch_twin_settings_that_cannot_work_are_refused(change, message):
     config = configuration.default_config()
     config.update(batch_size=change.pop("batch_size", 8))
     config.data.crops_per_clip = 4
     config.augment.pitch_twins = True
+    config.loss.clip_weight = change.pop("clip_weight", 1.0)
     config.augment.update(change)
     with pytest.raises(ValueError, match=message):
         configuration.validate(config)

@@ -376,6 +376,9 @@ def validate(config: ml_collections.ConfigDict, mesh=None, process_count: int = 
     if config.batch_size % config.data.crops_per_clip:
         raise ValueError(f"batch_size={config.batch_size} is not divisible by "
                          f"data.crops_per_clip={config.data.crops_per_clip}")
+    if config.augment.get("pitch_twins", False) and not config.loss.clip_weight:
+        raise ValueError("augment.pitch_twins=True makes hard negatives for the clip-level term, "
+                         "but loss.clip_weight=0: set both or neither")
     if config.augment.get("pitch_twins", False) and (
             config.batch_size // config.data.crops_per_clip) % 2:
         raise ValueError(f"augment.pitch_twins pairs each clip of a batch's first half with a "
