@@ -198,9 +198,10 @@ def test_clip_vicreg_is_invariance_plus_variance_and_covariance():
 
 def test_clip_term_adds_to_the_loss_on_pooled_context_outputs(setup):
     model, config, params, target, masks, audio = setup
-    kwargs = dict(top_k=2, target_norm="example", crops_per_clip=2)
+    kwargs = dict(top_k=2, target_norm="example")
     plain = objective.wavjepa_loss(model, params, target, audio, masks, **kwargs)
-    with_clip = objective.wavjepa_loss(model, params, target, audio, masks, clip_weight=0.5,
+    with_clip = objective.wavjepa_loss(model, params, target, audio, masks,
+                                       clip=objective.ClipTerm(weight=0.5, crops_per_clip=2),
                                        **kwargs)
     embeddings = objective.pooled(with_clip.context_features, masks.context_valid)
     expected = objective.clip_contrastive(embeddings, 2, 0.1)
@@ -222,8 +223,9 @@ def test_vicreg_clip_term_can_add_the_contrastive_form_with_its_own_weight():
 
 def test_clip_term_on_the_first_channels_leaves_the_others_to_the_frame_terms(setup):
     model, config, params, target, masks, audio = setup
-    kwargs = dict(top_k=2, target_norm="example", crops_per_clip=2, clip_weight=1.0)
-    out = objective.wavjepa_loss(model, params, target, audio, masks, clip_channels=16, **kwargs)
+    clip = objective.ClipTerm(weight=1.0, channels=16, crops_per_clip=2)
+    out = objective.wavjepa_loss(model, params, target, audio, masks, top_k=2,
+                                 target_norm="example", clip=clip)
     embeddings = objective.pooled(out.context_features[..., :16], masks.context_valid)
     assert float(out.clip_loss) == pytest.approx(
         float(objective.clip_contrastive(embeddings, 2, 0.1)), rel=1e-5)
@@ -238,7 +240,8 @@ def test_clip_term_on_the_first_channels_leaves_the_others_to_the_frame_terms(se
 def test_clip_term_reads_the_clip_token_when_the_encoder_has_one(setup):
     model, config, params, target, masks, audio = setup
     model, params = tiny_model_with(clip_token=True)
-    kwargs = dict(top_k=2, target_norm="example", crops_per_clip=2, clip_weight=1.0)
+    kwargs = dict(top_k=2, target_norm="example",
+                  clip=objective.ClipTerm(weight=1.0, crops_per_clip=2))
 
     @jax.jit
     def check(params):

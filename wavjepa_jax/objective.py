@@ -18,7 +18,7 @@ Options beyond the release (each off by default, see README "Does it learn?"):
                           positives, the batch's other crops the negatives; "vicreg":
                           invariance + variance + covariance across clips, optionally plus
                           `clip_contrastive_weight` times the contrastive form), on all output
-                          channels or only the first `clip_channels`
+                          channels or only the first `clip_channels` (settings: ClipTerm)
   spectrogram_weight      a linear head on each context-encoder output frame regresses the
                           standardised log-mel of the clean audio at that frame (what a JEPA's
                           latent targets let the encoder drop: pitch, phonetic detail), its
@@ -194,6 +194,32 @@ def dct_matrix(n: int) -> jax.Array:
     return basis.at[:, 0].multiply(jnp.sqrt(0.5))
 
 
+class ClipTerm(NamedTuple):
+    """The clip-level term's settings (config.loss.clip_*); weight 0 turns it off.
+
+    kind:               "contrastive" (InfoNCE) or "vicreg" (clip_loss).
+    temperature:        the contrastive form's softmax temperature.
+    channels:           > 0: on the first `channels` output channels only.
+    contrastive_weight: kind "vicreg" only: plus this times the contrastive form.
+    crops_per_clip:     how many adjacent crops of the batch share a clip (config.data).
+    """
+
+    weight: float = 0.0
+    kind: str = "contrastive"
+    temperature: float = 0.1
+    channels: int = 0
+    contrastive_weight: float = 0.0
+    crops_per_clip: int = 1
+
+    @classmethod
+    def from_config(cls, loss, crops_per_clip: int) -> "ClipTerm":
+        """From config.loss and data.crops_per_clip (fields missing in older configs take the
+        defaults)."""
+        return cls(loss.get("clip_weight", 0.0), loss.get("clip_objective", "contrastive"),
+                   loss.get("clip_temperature", 0.1), loss.get("clip_channels", 0),
+                   loss.get("clip_contrastive_weight", 0.0), crops_per_clip)
+
+
 class SpectrogramTerm(NamedTuple):
     """The spectrogram term's settings (config.loss.spectrogram_*); weight 0 turns it off.
 
@@ -322,10 +348,8 @@ def predict_groups(model: WavJEPA, predictor_params, context, masks: Masks,
 def wavjepa_loss(model: WavJEPA, params, target_params, audio, masks: Masks, *,
                  top_k: int, target_norm: str, target_frontend_params=None,
                  target_centering: str = "none", variance_weight: float = 0.0,
-                 covariance_weight: float = 0.0, clip_weight: float = 0.0,
-                 clip_objective: str = "contrastive", clip_temperature: float = 0.1,
-                 clip_channels: int = 0, clip_contrastive_weight: float = 0.0,
-                 crops_per_clip: int = 1, spectrogram: SpectrogramTerm = SpectrogramTerm(),
+                 covariance_weight: float = 0.0, clip: ClipTerm = ClipTerm(),
+                 spectrogram: SpectrogramTerm = SpectrogramTerm(),
                  statistics_weight: float = 0.0, context_audio=None) -> LossOutputs:
     """The training loss for a batch of crops `audio` [batch, samples] and their masks.
 
@@ -365,10 +389,10 @@ def wavjepa_loss(model: WavJEPA, params, target_params, audio, masks: Masks, *,
                                 if variance_weight or covariance_weight else (0.0, 0.0))
         head = None if "clip_head" not in params else (
             lambda x: model.clip_head.apply({"params": params["clip_head"]}, x))
-        clip = (clip_loss(context, masks.context_valid, crops_per_clip, clip_objective,
-                          clip_temperature, head, clip_channels, clip_token,
-                          clip_contrastive_weight)
-                if clip_weight else 0.0)
+        clip_error = (clip_loss(context, masks.context_valid, clip.crops_per_clip, clip.kind,
+                                clip.temperature, head, clip.channels, clip_token,
+                                clip.contrastive_weight)
+                      if clip.weight else 0.0)
         spectrogram_error = (context_spectrogram_loss(model, params, audio, context_audio,
                                                       context, masks, tokens.shape[1],
                                                       spectrogram)
@@ -377,10 +401,10 @@ def wavjepa_loss(model: WavJEPA, params, target_params, audio, masks: Masks, *,
                                                     tokens.shape[1], spectrogram.floor_db)
                             if statistics_weight else 0.0)
         loss = (predicted + variance_weight * variance + covariance_weight * covariance
-                + clip_weight * clip + spectrogram.weight * spectrogram_error
+                + clip.weight * clip_error + spectrogram.weight * spectrogram_error
                 + statistics_weight * statistics_error)
     as_f32 = lambda x: jnp.asarray(x, jnp.float32)  # noqa: E731
-    return LossOutputs(loss, predicted, as_f32(variance), as_f32(covariance), as_f32(clip),
+    return LossOutputs(loss, predicted, as_f32(variance), as_f32(covariance), as_f32(clip_error),
                        as_f32(spectrogram_error), as_f32(statistics_error), context, targets)
 
 

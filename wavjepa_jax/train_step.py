@@ -65,11 +65,8 @@ def make_train_step(model: WavJEPA, config: ml_collections.ConfigDict,
         objective.wavjepa_loss, model, top_k=config.model.top_k_layers,
         target_norm=config.model.target_norm, target_centering=config.model.target_centering,
         variance_weight=config.loss.variance_weight,
-        covariance_weight=config.loss.covariance_weight, clip_weight=config.loss.clip_weight,
-        clip_objective=config.loss.clip_objective, clip_temperature=config.loss.clip_temperature,
-        clip_channels=config.loss.get("clip_channels", 0),
-        clip_contrastive_weight=config.loss.get("clip_contrastive_weight", 0.0),
-        crops_per_clip=config.data.crops_per_clip,
+        covariance_weight=config.loss.covariance_weight,
+        clip=objective.ClipTerm.from_config(config.loss, config.data.crops_per_clip),
         spectrogram=objective.SpectrogramTerm.from_config(config.loss),
         statistics_weight=config.loss.get("statistics_weight", 0.0))
     noisy_context = config.augment.prob > 0
