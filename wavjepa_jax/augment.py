@@ -112,7 +112,3 @@ def validate_noise_config(config: ml_collections.ConfigDict) -> None:
                          f"augment.snr_db_high={config.snr_db_high}")
     if config.max_colour < 0:
         raise ValueError(f"augment.max_colour={config.max_colour} must be >= 0")
-    low, high = config.get("twin_semitones_low", 1.0), config.get("twin_semitones_high", 1.0)
-    if config.get("pitch_twins", False) and not 0.0 < low <= high <= 12.0:
-        raise ValueError(f"augment.twin_semitones_low={low} and augment.twin_semitones_high="
-                         f"{high} must satisfy 0 < low <= high <= 12")

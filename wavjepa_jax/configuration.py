@@ -259,6 +259,25 @@ def validate_channels(config: ml_collections.ConfigDict) -> None:
                                  "robustness comes from data.scene (reverberant scenes)")
 
 
+def validate_pitch_twins(config: ml_collections.ConfigDict) -> None:
+    """augment.pitch_twins needs the clip term, an even number of clips per batch and a shift
+    range in (0, 12] semitones."""
+    augment = config.augment
+    if not augment.get("pitch_twins", False):
+        return
+    if not config.loss.clip_weight:
+        raise ValueError("augment.pitch_twins=True makes hard negatives for the clip-level term, "
+                         "but loss.clip_weight=0: set both or neither")
+    if (config.batch_size // config.data.crops_per_clip) % 2:
+        raise ValueError(f"augment.pitch_twins pairs each clip of a batch's first half with a "
+                         f"twin in its second half: batch_size={config.batch_size} / "
+                         f"data.crops_per_clip={config.data.crops_per_clip} clips must be even")
+    low, high = augment.twin_semitones_low, augment.twin_semitones_high
+    if not 0.0 < low <= high <= 12.0:
+        raise ValueError(f"augment.twin_semitones_low={low} and augment.twin_semitones_high="
+                         f"{high} must satisfy 0 < low <= high <= 12")
+
+
 MIN_STATISTICS_BATCH = 8  # Fewer crops make the standardised statistics near-binary.
 
 
@@ -376,14 +395,7 @@ def validate(config: ml_collections.ConfigDict, mesh=None, process_count: int = 
     if config.batch_size % config.data.crops_per_clip:
         raise ValueError(f"batch_size={config.batch_size} is not divisible by "
                          f"data.crops_per_clip={config.data.crops_per_clip}")
-    if config.augment.get("pitch_twins", False) and not config.loss.clip_weight:
-        raise ValueError("augment.pitch_twins=True makes hard negatives for the clip-level term, "
-                         "but loss.clip_weight=0: set both or neither")
-    if config.augment.get("pitch_twins", False) and (
-            config.batch_size // config.data.crops_per_clip) % 2:
-        raise ValueError(f"augment.pitch_twins pairs each clip of a batch's first half with a "
-                         f"twin in its second half: batch_size={config.batch_size} / "
-                         f"data.crops_per_clip={config.data.crops_per_clip} clips must be even")
+    validate_pitch_twins(config)
     for field in ("total_steps", "log_every", "checkpoint.every"):
         value = config[field] if "." not in field else config[field.split(".")[0]][
             field.split(".")[1]]
