@@ -118,6 +118,32 @@ def test_standardise_and_random_crops():
     assert np.all(audio.standardise(np.zeros((1, 50), np.float32)) == 0)
 
 
+def crop_starts(crops: np.ndarray) -> np.ndarray:
+    return crops[:, 0, 0].astype(np.int64)  # the clip below counts its samples
+
+
+def test_crop_spread_keeps_the_crops_of_a_clip_close():
+    clip = np.arange(10_000, dtype=np.float32)[None]
+    rng = np.random.default_rng(0)
+    spreads = [np.ptp(crop_starts(audio.random_crops(clip, 4, 500, rng, spread_samples=200)))
+               for _ in range(200)]
+    assert max(spreads) <= 200 and np.mean(spreads) > 100
+    windows = [crop_starts(audio.random_crops(clip, 4, 500, rng, spread_samples=200)).min()
+               for _ in range(200)]
+    assert max(windows) > 8_000 and min(windows) < 1_000  # the window itself goes anywhere
+    anywhere = [np.ptp(crop_starts(audio.random_crops(clip, 4, 500, rng))) for _ in range(200)]
+    assert np.mean(anywhere) > 3_000
+
+
+def test_crop_spread_off_draws_the_same_crops_as_before():
+    clip = np.arange(3_000, dtype=np.float32)[None]
+    starts = np.random.default_rng(5).integers(0, 3_000 - 100 + 1, size=3)
+    crops = audio.random_crops(clip, 3, 100, np.random.default_rng(5), spread_samples=0)
+    np.testing.assert_array_equal(crop_starts(crops), starts)
+    wider = audio.random_crops(clip, 3, 100, np.random.default_rng(5), spread_samples=5_000)
+    np.testing.assert_array_equal(crop_starts(wider), starts)  # spread >= clip: anywhere
+
+
 def test_pcm_to_float_scales_integers():
     np.testing.assert_allclose(audio.pcm_to_float(np.array([16384], np.int64)), [0.5])
     np.testing.assert_allclose(audio.pcm_to_float(np.array([-(2**30)], np.int32)), [-0.5])

@@ -146,6 +146,8 @@ def default_config() -> ml_collections.ConfigDict:
         sample_rate=SAMPLE_RATE,
         crop_samples=CROP_SAMPLES,
         crops_per_clip=8,
+        crop_spread_seconds=0.0,   # > 0: the crops of one clip start at most this far apart
+                                   # (local positives for the clip term); 0: anywhere in the clip
         clip_seconds=10.0,
         rms_dbfs=RMS_DBFS,
         short_clip="pad_crop",     # Clips shorter than clip_seconds: "pad_crop" crops inside
@@ -422,6 +424,9 @@ def validate_data(data: ml_collections.ConfigDict) -> None:
         raise ValueError(f"data.clip_seconds={data.clip_seconds} at data.sample_rate="
                          f"{data.sample_rate} is shorter than "
                          f"data.crop_samples={data.crop_samples}")
+    if data.crop_spread_seconds < 0:
+        raise ValueError(f"data.crop_spread_seconds={data.crop_spread_seconds} must be >= 0 "
+                         "(0: crops anywhere in the clip)")
     if data.num_workers < 0:
         raise ValueError(f"data.num_workers={data.num_workers} must be >= 0")
     validate_scene(data.scene)

@@ -165,9 +165,19 @@ def fit_length(audio: np.ndarray, num_samples: int, short_clip: str, crop_sample
 
 
 def random_crops(audio: np.ndarray, num_crops: int, crop_samples: int,
-                 rng: np.random.Generator) -> np.ndarray:
-    """`num_crops` independent random crops: [channels, samples] -> [num_crops, channels, crop]."""
-    starts = rng.integers(0, audio.shape[1] - crop_samples + 1, size=num_crops)
+                 rng: np.random.Generator, spread_samples: int = 0) -> np.ndarray:
+    """`num_crops` random crops: [channels, samples] -> [num_crops, channels, crop].
+
+    spread_samples 0: each crop anywhere in the clip, independently. > 0: the crops start at most
+    this far apart (a window of crop + spread samples drawn first, the crops inside it), so they
+    share most of their audio: local positives for the clip term.
+    """
+    last_start = audio.shape[1] - crop_samples
+    if 0 < spread_samples < last_start:
+        window_start = rng.integers(0, last_start - spread_samples + 1)
+        starts = window_start + rng.integers(0, spread_samples + 1, size=num_crops)
+    else:
+        starts = rng.integers(0, last_start + 1, size=num_crops)
     return np.stack([audio[:, start:start + crop_samples] for start in starts])
 
 

@@ -56,6 +56,7 @@ class ClipToCrops:
     channels: int | None          # None: mix to mono.
     crops_per_clip: int
     crop_samples: int
+    crop_spread_samples: int = 0  # > 0: the crops of a clip start at most this far apart
     scene: scenes.SceneMaker | None = None   # reverberant scenes with a second clip as noise
 
     def read(self, index: int, rng: np.random.Generator, channels: int | None) -> np.ndarray:
@@ -75,7 +76,8 @@ class ClipToCrops:
             clip = audio.rms_normalise(clip, self.rms_dbfs)
             clip = audio.fit_length(clip, round(self.clip_seconds * self.sample_rate),
                                     self.short_clip, self.crop_samples, self.min_crop_audio, rng)
-            crops = audio.random_crops(clip, self.crops_per_clip, self.crop_samples, rng)
+            crops = audio.random_crops(clip, self.crops_per_clip, self.crop_samples, rng,
+                                       self.crop_spread_samples)
         except Exception as error:  # Any unreadable or unusable clip is skipped and counted.
             return SkippedClip(self.source.describe(index), f"{type(error).__name__}: {error}")
         crops = np.stack([audio.standardise(crop) for crop in crops])
@@ -157,7 +159,8 @@ def clip_to_crops(data: ml_collections.ConfigDict, source: sources.ClipSource) -
                        clip_seconds=data.clip_seconds, rms_dbfs=data.rms_dbfs,
                        short_clip=data.short_clip, min_crop_audio=data.min_crop_audio,
                        channels=data.channels if data.keep_channels else None,
-                       crops_per_clip=data.crops_per_clip, crop_samples=data.crop_samples)
+                       crops_per_clip=data.crops_per_clip, crop_samples=data.crop_samples,
+                       crop_spread_samples=round(data.crop_spread_seconds * data.sample_rate))
 
 
 def clip_dataset(config: ml_collections.ConfigDict, source: sources.ClipSource,
