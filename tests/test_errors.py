@@ -409,6 +409,8 @@ def _set(config, field, value):
                                     r"data\.crop_samples"),
     ({"data.min_crop_audio": 1.5}, 1, r"data\.min_crop_audio=1\.5 must be in \[0, 1\]"),
     ({"data.crop_spread_seconds": -0.5}, 1, r"data\.crop_spread_seconds=-0\.5 must be >= 0"),
+    ({"loss.clip_weight": 1.0, "loss.clip_view": "both"}, 1,
+     r"loss\.clip_view='both' must be 'context' or 'full'"),
     ({"data.num_workers": -1}, 1, r"data\.num_workers=-1 must be >= 0"),
     ({"loss.spectrogram_weight": 1.0}, 1, r"loss\.spectrogram_weight=1\.0 and "
                                           r"model\.spectrogram_bands=0"),

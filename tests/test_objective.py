@@ -210,6 +210,20 @@ def test_clip_term_adds_to_the_loss_on_pooled_context_outputs(setup):
         float(plain.loss) + 0.5 * float(expected), rel=1e-5)
 
 
+def test_full_view_clip_term_pools_an_unmasked_encoder_pass(setup):
+    model, config, params, target, masks, audio = setup
+    clip = objective.ClipTerm(weight=1.0, crops_per_clip=2, view="full")
+    out = objective.wavjepa_loss(model, params, target, audio, masks, top_k=2,
+                                 target_norm="example", clip=clip)
+    tokens = model.frontend.apply({"params": params["frontend"]}, audio)
+    every_frame = model.encoder.apply({"params": params["encoder"]}, tokens)
+    expected = objective.clip_contrastive(every_frame.mean(axis=1), 2, 0.1)
+    assert float(out.clip_loss) == pytest.approx(float(expected), rel=1e-5)
+    on_context = objective.clip_contrastive(
+        objective.pooled(out.context_features, masks.context_valid), 2, 0.1)
+    assert abs(float(out.clip_loss) - float(on_context)) > 1e-4  # not the context's pooling
+
+
 def test_vicreg_clip_term_can_add_the_contrastive_form_with_its_own_weight():
     context = jax.random.normal(jax.random.PRNGKey(0), (8, 12, 16))
     valid = jax.random.uniform(jax.random.PRNGKey(1), (8, 12)) > 0.3

@@ -200,6 +200,8 @@ def default_config() -> ml_collections.ConfigDict:
         clip_weight=0.0, clip_objective="contrastive", clip_temperature=0.1,
         clip_channels=0,           # > 0: the clip term sees only the first N output channels.
         clip_contrastive_weight=0.0,  # clip_objective "vicreg": plus this x the contrastive form.
+        clip_view="context",       # "context": pool the context outputs; "full": one more
+                                   # encoder pass over every frame of each crop, pooled.
         spectrogram_weight=0.0, spectrogram_floor_db=0.0, spectrogram_target="mel",
         spectrogram_mel_weight=0.0, spectrogram_clean_only=False,
         statistics_weight=0.0))
@@ -370,6 +372,13 @@ def validate(config: ml_collections.ConfigDict, mesh=None, process_count: int = 
             raise ValueError(f"loss.clip_contrastive_weight={config.loss.clip_contrastive_weight}"
                              " adds the contrastive form to the VICReg one: it needs "
                              "loss.clip_objective='vicreg'")
+        if config.loss.get("clip_view", "context") not in ("context", "full"):
+            raise ValueError(f"loss.clip_view={config.loss.clip_view!r} must be 'context' or "
+                             "'full'")
+        if config.loss.get("clip_view", "context") == "full" and model.get("clip_token", False):
+            raise ValueError("loss.clip_view='full' pools the frames of an extra encoder pass; "
+                             "model.clip_token=True feeds the clip term the context's token: "
+                             "set one or the other")
         if config.loss.clip_temperature <= 0:
             raise ValueError(f"loss.clip_temperature={config.loss.clip_temperature} must be > 0")
         if not 0 <= config.loss.clip_channels <= model.encoder_width:

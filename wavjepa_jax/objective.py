@@ -202,6 +202,9 @@ class ClipTerm(NamedTuple):
     channels:           > 0: on the first `channels` output channels only.
     contrastive_weight: kind "vicreg" only: plus this times the contrastive form.
     crops_per_clip:     how many adjacent crops of the batch share a clip (config.data).
+    view:               "context": the pooled context-encoder outputs (the context frames only);
+                        "full": the online encoder's pooled outputs over every frame of the crop
+                        (one more encoder pass, unmasked, as a probe reads it).
     """
 
     weight: float = 0.0
@@ -210,6 +213,7 @@ class ClipTerm(NamedTuple):
     channels: int = 0
     contrastive_weight: float = 0.0
     crops_per_clip: int = 1
+    view: str = "context"
 
     @classmethod
     def from_config(cls, loss, crops_per_clip: int) -> "ClipTerm":
@@ -217,7 +221,8 @@ class ClipTerm(NamedTuple):
         defaults)."""
         return cls(loss.get("clip_weight", 0.0), loss.get("clip_objective", "contrastive"),
                    loss.get("clip_temperature", 0.1), loss.get("clip_channels", 0),
-                   loss.get("clip_contrastive_weight", 0.0), crops_per_clip)
+                   loss.get("clip_contrastive_weight", 0.0), crops_per_clip,
+                   loss.get("clip_view", "context"))
 
 
 class SpectrogramTerm(NamedTuple):
@@ -389,9 +394,10 @@ def wavjepa_loss(model: WavJEPA, params, target_params, audio, masks: Masks, *,
                                 if variance_weight or covariance_weight else (0.0, 0.0))
         head = None if "clip_head" not in params else (
             lambda x: model.clip_head.apply({"params": params["clip_head"]}, x))
-        clip_error = (clip_loss(context, masks.context_valid, clip.crops_per_clip, clip.kind,
-                                clip.temperature, head, clip.channels, clip_token,
-                                clip.contrastive_weight)
+        clip_error = (clip_loss(*clip_view_outputs(model, params, tokens, context, masks,
+                                                   clip.view),
+                                clip.crops_per_clip, clip.kind, clip.temperature, head,
+                                clip.channels, clip_token, clip.contrastive_weight)
                       if clip.weight else 0.0)
         spectrogram_error = (context_spectrogram_loss(model, params, audio, context_audio,
                                                       context, masks, tokens.shape[1],
@@ -406,6 +412,16 @@ def wavjepa_loss(model: WavJEPA, params, target_params, audio, masks: Masks, *,
     as_f32 = lambda x: jnp.asarray(x, jnp.float32)  # noqa: E731
     return LossOutputs(loss, predicted, as_f32(variance), as_f32(covariance), as_f32(clip_error),
                        as_f32(spectrogram_error), as_f32(statistics_error), context, targets)
+
+
+def clip_view_outputs(model: WavJEPA, params, tokens, context, masks: Masks, view: str):
+    """What the clip term pools, with its valid frames: the context outputs ("context"), or the
+    online encoder run once more on every frame of each crop ("full")."""
+    if view == "context":
+        return context, masks.context_valid
+    valid = jnp.ones(tokens.shape[:2], bool)
+    with jax.named_scope("clip_view_encoder"):
+        return model.encoder.apply({"params": params["encoder"]}, tokens, valid), valid
 
 
 def clean_context_crops(audio: jax.Array, context_audio) -> jax.Array:
