@@ -200,6 +200,7 @@ def test_training_only_heads_are_optional_and_leave_the_other_params_as_they_wer
     assert train.param_summary(with_head)[head] == config.encoder_width * width + width
 
 
+@pytest.mark.slow  # ~28 s of eager dispatch; test_export's clip-token test stays in the CI tier.
 def test_clip_token_leads_every_sequence_and_is_returned_apart_from_the_frames():
     model, config = tiny_model(clip_token=True)
     plain, _ = tiny_model()
