@@ -135,6 +135,17 @@ def test_crop_spread_keeps_the_crops_of_a_clip_close():
     assert np.mean(anywhere) > 3_000
 
 
+def test_crop_groups_hold_close_crops_in_windows_of_their_own():
+    clip = np.arange(20_000, dtype=np.float32)[None]
+    rng = np.random.default_rng(1)
+    gaps = []
+    for _ in range(100):
+        starts = crop_starts(audio.random_crops(clip, 4, 500, rng, spread_samples=100, groups=2))
+        assert np.ptp(starts[:2]) <= 100 and np.ptp(starts[2:]) <= 100
+        gaps.append(abs(int(starts[2]) - int(starts[0])))
+    assert np.mean(gaps) > 3_000  # the two windows are drawn independently
+
+
 def test_crop_spread_off_draws_the_same_crops_as_before():
     clip = np.arange(3_000, dtype=np.float32)[None]
     starts = np.random.default_rng(5).integers(0, 3_000 - 100 + 1, size=3)

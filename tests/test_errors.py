@@ -409,6 +409,10 @@ def _set(config, field, value):
                                     r"data\.crop_samples"),
     ({"data.min_crop_audio": 1.5}, 1, r"data\.min_crop_audio=1\.5 must be in \[0, 1\]"),
     ({"data.crop_spread_seconds": -0.5}, 1, r"data\.crop_spread_seconds=-0\.5 must be >= 0"),
+    ({"data.crop_groups": 3}, 1, r"data\.crop_groups=3 must be >= 1 and divide "
+                                 r"data\.crops_per_clip=2"),
+    ({"loss.clip_weight": 1.0, "data.crops_per_clip": 4, "data.crop_groups": 4}, 1,
+     r"data\.crops_per_clip=4 in data\.crop_groups=4 leaves one per group"),
     ({"loss.clip_weight": 1.0, "loss.clip_view": "both"}, 1,
      r"loss\.clip_view='both' must be 'context' or 'full'"),
     ({"data.num_workers": -1}, 1, r"data\.num_workers=-1 must be >= 0"),

@@ -210,6 +210,17 @@ def test_clip_term_adds_to_the_loss_on_pooled_context_outputs(setup):
         float(plain.loss) + 0.5 * float(expected), rel=1e-5)
 
 
+def test_crop_groups_make_a_clips_other_groups_negatives():
+    config = configuration.default_config()
+    config.data.crops_per_clip, config.data.crop_groups = 4, 2
+    term = objective.ClipTerm.from_config(config.loss, config.data)
+    assert term.crops_per_clip == 2
+    # Two groups of one clip: the second group scores as a negative of the first.
+    group = jnp.array([[1.0, 0.0], [1.0, 0.0], [0.0, 1.0], [0.0, 1.0]])
+    assert float(objective.clip_contrastive(group, term.crops_per_clip, 0.1)) < 1e-3
+    assert float(objective.clip_contrastive(group, 4, 0.1)) > 1.0
+
+
 def test_full_view_clip_term_pools_an_unmasked_encoder_pass(setup):
     model, config, params, target, masks, audio = setup
     clip = objective.ClipTerm(weight=1.0, crops_per_clip=2, view="full")

@@ -148,6 +148,9 @@ def default_config() -> ml_collections.ConfigDict:
         crops_per_clip=8,
         crop_spread_seconds=0.0,   # > 0: the crops of one clip start at most this far apart
                                    # (local positives for the clip term); 0: anywhere in the clip
+        crop_groups=1,             # > 1: a clip's crops form this many groups, each drawn in its
+                                   # own window; the clip term's positives are the crops of a
+                                   # group, the clip's other groups its hardest negatives
         clip_seconds=10.0,
         rms_dbfs=RMS_DBFS,
         short_clip="pad_crop",     # Clips shorter than clip_seconds: "pad_crop" crops inside
@@ -367,6 +370,10 @@ def validate(config: ml_collections.ConfigDict, mesh=None, process_count: int = 
             raise ValueError(f"loss.clip_weight={config.loss.clip_weight} compares the crops of "
                              f"a clip, but data.crops_per_clip={config.data.crops_per_clip}: "
                              "use 2 or more")
+        if config.data.crops_per_clip < 2 * config.data.get("crop_groups", 1):
+            raise ValueError(f"loss.clip_weight={config.loss.clip_weight} compares the crops of "
+                             f"a group, but data.crops_per_clip={config.data.crops_per_clip} in "
+                             f"data.crop_groups={config.data.crop_groups} leaves one per group")
         if config.loss.get("clip_contrastive_weight", 0.0) and (
                 config.loss.clip_objective != "vicreg"):
             raise ValueError(f"loss.clip_contrastive_weight={config.loss.clip_contrastive_weight}"
@@ -433,6 +440,9 @@ def validate_data(data: ml_collections.ConfigDict) -> None:
         raise ValueError(f"data.clip_seconds={data.clip_seconds} at data.sample_rate="
                          f"{data.sample_rate} is shorter than "
                          f"data.crop_samples={data.crop_samples}")
+    if data.crop_groups < 1 or data.crops_per_clip % data.crop_groups:
+        raise ValueError(f"data.crop_groups={data.crop_groups} must be >= 1 and divide "
+                         f"data.crops_per_clip={data.crops_per_clip}")
     if data.crop_spread_seconds < 0:
         raise ValueError(f"data.crop_spread_seconds={data.crop_spread_seconds} must be >= 0 "
                          "(0: crops anywhere in the clip)")

@@ -201,7 +201,8 @@ class ClipTerm(NamedTuple):
     temperature:        the contrastive form's softmax temperature.
     channels:           > 0: on the first `channels` output channels only.
     contrastive_weight: kind "vicreg" only: plus this times the contrastive form.
-    crops_per_clip:     how many adjacent crops of the batch share a clip (config.data).
+    crops_per_clip:     how many adjacent crops of the batch are positives for each other: a
+                        clip's crops (config.data), or a group's (data.crop_groups).
     view:               "context": the pooled context-encoder outputs (the context frames only);
                         "full": the online encoder's pooled outputs over every frame of the crop
                         (one more encoder pass, unmasked, as a probe reads it).
@@ -216,12 +217,13 @@ class ClipTerm(NamedTuple):
     view: str = "context"
 
     @classmethod
-    def from_config(cls, loss, crops_per_clip: int) -> "ClipTerm":
-        """From config.loss and data.crops_per_clip (fields missing in older configs take the
-        defaults)."""
+    def from_config(cls, loss, data) -> "ClipTerm":
+        """From config.loss and config.data (fields missing in older configs take the
+        defaults). With data.crop_groups > 1 the positives are the crops of one group."""
         return cls(loss.get("clip_weight", 0.0), loss.get("clip_objective", "contrastive"),
                    loss.get("clip_temperature", 0.1), loss.get("clip_channels", 0),
-                   loss.get("clip_contrastive_weight", 0.0), crops_per_clip,
+                   loss.get("clip_contrastive_weight", 0.0),
+                   data.crops_per_clip // data.get("crop_groups", 1),
                    loss.get("clip_view", "context"))
 
 

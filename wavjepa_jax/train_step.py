@@ -66,7 +66,7 @@ def make_train_step(model: WavJEPA, config: ml_collections.ConfigDict,
         target_norm=config.model.target_norm, target_centering=config.model.target_centering,
         variance_weight=config.loss.variance_weight,
         covariance_weight=config.loss.covariance_weight,
-        clip=objective.ClipTerm.from_config(config.loss, config.data.crops_per_clip),
+        clip=objective.ClipTerm.from_config(config.loss, config.data),
         spectrogram=objective.SpectrogramTerm.from_config(config.loss),
         statistics_weight=config.loss.get("statistics_weight", 0.0))
     noisy_context = config.augment.prob > 0

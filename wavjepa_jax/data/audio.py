@@ -165,13 +165,18 @@ def fit_length(audio: np.ndarray, num_samples: int, short_clip: str, crop_sample
 
 
 def random_crops(audio: np.ndarray, num_crops: int, crop_samples: int,
-                 rng: np.random.Generator, spread_samples: int = 0) -> np.ndarray:
+                 rng: np.random.Generator, spread_samples: int = 0,
+                 groups: int = 1) -> np.ndarray:
     """`num_crops` random crops: [channels, samples] -> [num_crops, channels, crop].
 
     spread_samples 0: each crop anywhere in the clip, independently. > 0: the crops start at most
     this far apart (a window of crop + spread samples drawn first, the crops inside it), so they
-    share most of their audio: local positives for the clip term.
+    share most of their audio: local positives for the clip term. groups > 1: that many windows,
+    each drawn on its own and holding num_crops // groups adjacent crops.
     """
+    if groups > 1:
+        return np.concatenate([random_crops(audio, num_crops // groups, crop_samples, rng,
+                                            spread_samples) for _ in range(groups)])
     last_start = audio.shape[1] - crop_samples
     if 0 < spread_samples < last_start:
         window_start = rng.integers(0, last_start - spread_samples + 1)

@@ -56,7 +56,8 @@ class ClipToCrops:
     channels: int | None          # None: mix to mono.
     crops_per_clip: int
     crop_samples: int
-    crop_spread_samples: int = 0  # > 0: the crops of a clip start at most this far apart
+    crop_spread_samples: int = 0  # > 0: the crops of a group start at most this far apart
+    crop_groups: int = 1          # groups of adjacent crops per clip, each in its own window
     scene: scenes.SceneMaker | None = None   # reverberant scenes with a second clip as noise
 
     def read(self, index: int, rng: np.random.Generator, channels: int | None) -> np.ndarray:
@@ -77,7 +78,7 @@ class ClipToCrops:
             clip = audio.fit_length(clip, round(self.clip_seconds * self.sample_rate),
                                     self.short_clip, self.crop_samples, self.min_crop_audio, rng)
             crops = audio.random_crops(clip, self.crops_per_clip, self.crop_samples, rng,
-                                       self.crop_spread_samples)
+                                       self.crop_spread_samples, self.crop_groups)
         except Exception as error:  # Any unreadable or unusable clip is skipped and counted.
             return SkippedClip(self.source.describe(index), f"{type(error).__name__}: {error}")
         crops = np.stack([audio.standardise(crop) for crop in crops])
@@ -160,7 +161,8 @@ def clip_to_crops(data: ml_collections.ConfigDict, source: sources.ClipSource) -
                        short_clip=data.short_clip, min_crop_audio=data.min_crop_audio,
                        channels=data.channels if data.keep_channels else None,
                        crops_per_clip=data.crops_per_clip, crop_samples=data.crop_samples,
-                       crop_spread_samples=round(data.crop_spread_seconds * data.sample_rate))
+                       crop_spread_samples=round(data.crop_spread_seconds * data.sample_rate),
+                       crop_groups=data.crop_groups)
 
 
 def clip_dataset(config: ml_collections.ConfigDict, source: sources.ClipSource,
