@@ -158,11 +158,18 @@ def test_initial_scales_match_the_release():
     assert np.std(conv) == pytest.approx((2 / (3 * 32)) ** 0.5, rel=0.1)
 
 
-def test_clip_head_is_optional_and_leaves_the_other_params_as_they_were():
+@pytest.fixture(scope="module")
+def tiny_params_without_heads():
+    """The tiny model's params with no training-only head, initialised once for the tests below."""
+    model = WavJEPA.from_config(configuration.model_config("tiny"))
+    return nn.meta.unbox(jax.jit(model.init, static_argnums=1)(jax.random.PRNGKey(0), 16_000))
+
+
+def test_clip_head_is_optional_and_leaves_the_other_params_as_they_were(
+        tiny_params_without_heads):
+    plain = tiny_params_without_heads
     config = configuration.model_config("tiny")
     key = jax.random.PRNGKey(0)
-    plain = nn.meta.unbox(jax.jit(WavJEPA.from_config(config).init, static_argnums=1)(
-        key, 16_000))
     config.clip_projector = 32
     model = WavJEPA.from_config(config)
     with_head = nn.meta.unbox(jax.jit(model.init, static_argnums=1)(key, 16_000))
@@ -182,11 +189,10 @@ def test_clip_head_is_optional_and_leaves_the_other_params_as_they_were():
     ("statistics_bands", "statistics_head", (2,), (2, 48)),         # per crop: 24 means, 24 stds
 ])
 def test_training_only_heads_are_optional_and_leave_the_other_params_as_they_were(
-        field, head, inputs, outputs):
+        field, head, inputs, outputs, tiny_params_without_heads):
+    plain = tiny_params_without_heads
     config = configuration.model_config("tiny")
     key = jax.random.PRNGKey(0)
-    plain = nn.meta.unbox(jax.jit(WavJEPA.from_config(config).init, static_argnums=1)(
-        key, 16_000))
     config[field] = 24
     model = WavJEPA.from_config(config)
     with_head = nn.meta.unbox(jax.jit(model.init, static_argnums=1)(key, 16_000))
