@@ -12,7 +12,7 @@ import os
 import ml_collections
 
 from wavjepa_jax.data.audio import RMS_DBFS
-from wavjepa_jax.transformer import REMAT_POLICIES
+from wavjepa_jax.transformer import ATTENTION, REMAT_POLICIES, cudnn_attention_problem
 
 SAMPLE_RATE = 16_000
 CROP_SAMPLES = 32_160  # 2.01 s at 16 kHz -> exactly 200 frames with the release's front end.
@@ -94,7 +94,21 @@ def model_config(size: str = "base") -> ml_collections.ConfigDict:
         remat_policy="nothing",     # With remat, what a block keeps: "nothing" or "dots" (its
                                     # projection / MLP matmul outputs; less recompute).
         scan_layers=True,           # nn.scan over blocks: compile time independent of depth.
+        attention="auto",           # "xla" (masked scores), "cudnn" (flash attention: GPU, bf16)
+                                    # or "auto" (cudnn where it can run, else xla).
     ))
+
+
+def validate_attention(model: ml_collections.ConfigDict) -> None:
+    choice = model.get("attention", "xla")
+    if choice not in ATTENTION:
+        raise ValueError(f"model.attention={choice!r} must be one of {ATTENTION}")
+    if choice == "cudnn":
+        head_dims = (model.encoder_width // model.encoder_heads,
+                     model.predictor_width // model.predictor_heads)
+        problem = cudnn_attention_problem(model.dtype, head_dims)
+        if problem:
+            raise ValueError(f"model.attention='cudnn' cannot run: {problem}; use 'auto' or 'xla'")
 
 
 def mask_config() -> ml_collections.ConfigDict:
@@ -334,6 +348,7 @@ def validate(config: ml_collections.ConfigDict, mesh=None, process_count: int = 
         if width % heads:
             raise ValueError(f"model.{prefix}_width={width} is not divisible by "
                              f"model.{prefix}_heads={heads}")
+    validate_attention(model)
     if model.get("remat_policy", "nothing") not in REMAT_POLICIES:
         raise ValueError(f"model.remat_policy={model.remat_policy!r} must be one of "
                          f"{sorted(REMAT_POLICIES)}")

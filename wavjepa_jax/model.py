@@ -21,7 +21,7 @@ import jax.numpy as jnp
 from wavjepa_jax.frontend import FrontEnd
 from wavjepa_jax.layers import dense, gelu, layer_norm, partitioned
 from wavjepa_jax.positions import token_code
-from wavjepa_jax.transformer import StackConfig, TransformerStack
+from wavjepa_jax.transformer import StackConfig, TransformerStack, resolve_attention
 
 if TYPE_CHECKING:
     import ml_collections
@@ -185,9 +185,12 @@ class WavJEPA:
     @classmethod
     def from_config(cls, model: "ml_collections.ConfigDict") -> "WavJEPA":
         dtype = DTYPES[model.dtype]
+        head_dims = (model.encoder_width // model.encoder_heads,
+                     model.predictor_width // model.predictor_heads)
         frontend, encoder = frontend_and_encoder(
             model, dtype=dtype, scan=model.scan_layers, remat=model.remat,
-            remat_policy=model.get("remat_policy", "nothing"))
+            remat_policy=model.get("remat_policy", "nothing"),
+            attention=resolve_attention(model.get("attention", "xla"), dtype, head_dims))
         predictor_stack = dataclasses.replace(
             encoder.stack, depth=model.predictor_depth, width=model.predictor_width,
             heads=model.predictor_heads, mlp=model.predictor_mlp)
@@ -230,7 +233,8 @@ class WavJEPA:
 
 def frontend_and_encoder(fields: Mapping, *, dtype=jnp.float32, scan: bool = True,
                          remat: bool = False,
-                         remat_policy: str = "nothing") -> tuple[FrontEnd, Encoder]:
+                         remat_policy: str = "nothing",
+                         attention: str = "xla") -> tuple[FrontEnd, Encoder]:
     """The inference half of the model from the encoder fields of a model config: a training
     run's `config.model` or an exported encoder's `config["model"]` (export.ENCODER_FIELDS)."""
     frontend = FrontEnd(tuple(tuple(layer) for layer in fields["conv_layers"]),
@@ -241,7 +245,7 @@ def frontend_and_encoder(fields: Mapping, *, dtype=jnp.float32, scan: bool = Tru
     encoder = Encoder(StackConfig(
         fields["encoder_depth"], fields["encoder_width"], fields["encoder_heads"],
         fields["encoder_mlp"], norm_first=fields["norm_first"], eps=fields["layer_norm_eps"],
-        dtype=dtype, scan=scan, remat=remat, remat_policy=remat_policy),
+        dtype=dtype, scan=scan, remat=remat, remat_policy=remat_policy, attention=attention),
         clip_token=fields.get("clip_token", False))
     return frontend, encoder
 
