@@ -3,49 +3,62 @@
 #
 #   bash benchmarks/gpu_step_check.sh RELEASE_CHECKOUT OUT_DIR [CONFIG] [BATCH] [DTYPE]
 #
-#   1. the release's torch.compile step and ours at BATCH crops, side by side (the ratio);
-#   2. ours with remat "dots" and with remat "nothing" (what memory costs in time);
-#   3. the largest batch whose compiled step fits, with remat "dots";
-#   4. a profile of our default step by component and kind of kernel.
+#   0. attention parity: the step with model.attention "xla" and "cudnn" (and fp32 "xla") from
+#      the same state on the same audio, at the config's widths with 2 blocks per stack;
+#   1. the release's torch.compile step and ours (model.attention "auto": cuDNN flash attention
+#      on a GPU) at BATCH crops, side by side, with a profile by component and kind of kernel;
+#   2. ours with the masked XLA attention (the step before flash attention), same batch;
+#   3. ours at twice BATCH (does the release's 512-crop global batch fit one GPU?), and if that
+#      fails, the same with remat "dots";
+#   4. ours with the blocks unrolled (model.scan_layers=False: no per-layer stacking copies, one
+#      longer compile), at BATCH.
 # Defaults: configs/base.py, 256 crops, bfloat16 (the release's per-GPU batch). Each part writes
 # OUT_DIR/<part>.txt; a failed part is reported and the next one still runs, and the exit status
-# says whether any failed. MEMORY_GIB=N sets the memory budget of part 3 (needed where the
-# device reports none, e.g. a CPU: `MEMORY_GIB=0.2 ... configs/tiny.py 8 float32` checks the
-# script itself in a few minutes); RELEASE_COMPILE=0 times the release eagerly instead.
+# says whether any failed. FLOPS_PER_CROP=N gives the FLOP count for MFU (XLA counts no cuDNN
+# kernel, so the count of the xla-attention step is the one to use; without it each part counts
+# its own, which costs an unrolled compile); RELEASE_COMPILE=0 times the release eagerly.
+# `FLOPS_PER_CROP=1 bash ... configs/tiny.py 8 float32` checks the script on a CPU in minutes.
 set -uo pipefail
 
 if [[ $# -lt 2 ]]; then
-  sed -n '2,15p' "$0"
+  sed -n '2,21p' "$0"
   exit 2
 fi
 release=$1 out=$2 config=${3:-configs/base.py} batch=${4:-256} dtype=${5:-bfloat16}
 mkdir -p "$out"
 cd "$(dirname "$0")/.."
-bench=(python benchmarks/step_throughput.py --config "$config")
-model=(--config.batch_size="$batch" --config.model.dtype="$dtype")
+flops=(--no-flops)
+[[ -n ${FLOPS_PER_CROP:-} ]] && flops=(--flops-per-crop "$FLOPS_PER_CROP")
+bench=(python3 benchmarks/step_throughput.py --config "$config" "${flops[@]}")
+model=(--config.model.dtype="$dtype")
 failed=0
 
 part() {  # part NAME ARGS...: run one benchmark, keep its output, go on if it fails.
   local name=$1
   shift
-  echo "== $name: $*"
+  echo "== $name: $*  ($(date +%T))"
   if ! PYTHONUNBUFFERED=1 "$@" 2>&1 | tee "$out/$name.txt"; then
     echo "== $name FAILED (see $out/$name.txt)"
     failed=1
+    return 1
   fi
 }
 
+part 0_parity python3 benchmarks/attention_parity.py --config "$config" --steps 3 -- \
+  --config.batch_size=16 --config.model.encoder_depth=2 --config.model.predictor_depth=2 \
+  --config.model.top_k_layers=2
 compile=(--release-compile)
 [[ ${RELEASE_COMPILE:-1} == 0 ]] && compile=()
-part 1_vs_release "${bench[@]}" --steps 10 --warmup 2 --release "$release" "${compile[@]}" \
-  -- "${model[@]}"
-part 2_remat_dots "${bench[@]}" --steps 10 --warmup 2 --no-flops \
-  -- "${model[@]}" --config.model.remat=True --config.model.remat_policy=dots
-part 2_remat_nothing "${bench[@]}" --steps 10 --warmup 2 --no-flops \
-  -- "${model[@]}" --config.model.remat=True
-part 3_max_batch "${bench[@]}" --steps 2 --warmup 1 --no-flops --max-batch \
-  ${MEMORY_GIB:+--memory-gib "$MEMORY_GIB"} \
-  -- "${model[@]}" --config.model.remat=True --config.model.remat_policy=dots
-part 4_profile "${bench[@]}" --steps 3 --warmup 1 --no-flops --profile "$out/trace" \
-  -- "${model[@]}"
+part 1_vs_release "${bench[@]}" --steps 10 --warmup 3 --release "$release" "${compile[@]}" \
+  --profile "${TMPDIR:-/tmp}/wavjepa_step_trace" -- --config.batch_size="$batch" "${model[@]}"
+part 2_xla_attention "${bench[@]}" --steps 10 --warmup 2 \
+  -- --config.batch_size="$batch" "${model[@]}" --config.model.attention=xla
+double=$((2 * batch))
+part 3_batch_$double "${bench[@]}" --steps 3 --warmup 1 \
+  -- --config.batch_size="$double" "${model[@]}" ||
+  part 3_batch_${double}_remat_dots "${bench[@]}" --steps 3 --warmup 1 \
+    -- --config.batch_size="$double" "${model[@]}" --config.model.remat=True \
+    --config.model.remat_policy=dots
+part 4_unrolled "${bench[@]}" --steps 10 --warmup 2 \
+  -- --config.batch_size="$batch" "${model[@]}" --config.model.scan_layers=False
 exit $failed
