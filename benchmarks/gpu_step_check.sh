@@ -26,7 +26,7 @@ if [[ $# -lt 2 ]]; then
 fi
 release=$1 out=$2 config=${3:-configs/base.py} batch=${4:-256} dtype=${5:-bfloat16}
 mkdir -p "$out"
-cd "$(dirname "$0")/.."
+cd "$(dirname "$0")/.." || exit
 flops=(--no-flops)
 [[ -n ${FLOPS_PER_CROP:-} ]] && flops=(--flops-per-crop "$FLOPS_PER_CROP")
 bench=(python3 benchmarks/step_throughput.py --config "$config" "${flops[@]}")
