@@ -6,26 +6,29 @@
 #   0. attention parity: the step with model.attention "xla" and "cudnn" (and fp32 "xla") from
 #      the same state on the same audio, at the config's widths with 2 blocks per stack;
 #   1. the release's torch.compile step and ours (model.attention "auto": cuDNN flash attention
-#      on a GPU) at BATCH crops, side by side, with a profile by component and kind of kernel;
-#   2. ours with the masked XLA attention (the step before flash attention), same batch;
-#   3. ours at twice BATCH (does the release's 512-crop global batch fit one GPU?), and if that
-#      fails, the same with remat "dots";
-#   4. ours with the blocks unrolled (model.scan_layers=False: no per-layer stacking copies, one
-#      longer compile), at BATCH.
+#      on a GPU) at BATCH crops, side by side;
+#   2. a profile of ours by component and kind of kernel, with XLA:GPU's CUDA-graph command
+#      buffers off (kernels replayed from a graph carry no HLO op, so a profile with them on
+#      leaves most of the step "unattributed"; the step time of this part says what they save);
+#   3. ours with the masked XLA attention (the step before flash attention), same batch;
+#   4. ours at twice BATCH (the release's 512-crop global batch on one GPU), and if that fails,
+#      the same with remat "dots";
+#   5. ours with the blocks unrolled (model.scan_layers=False), at BATCH.
 # Defaults: configs/base.py, 256 crops, bfloat16 (the release's per-GPU batch). Each part writes
 # OUT_DIR/<part>.txt; a failed part is reported and the next one still runs, and the exit status
 # says whether any failed. FLOPS_PER_CROP=N gives the FLOP count for MFU (XLA counts no cuDNN
-# kernel, so the count of the xla-attention step is the one to use; without it each part counts
-# its own, which costs an unrolled compile); RELEASE_COMPILE=0 times the release eagerly.
-# `FLOPS_PER_CROP=1 bash ... configs/tiny.py 8 float32` checks the script on a CPU in minutes.
+# kernel, so the count of the xla-attention step is the one to use: 130.3e9 for base; without it
+# each part counts its own, which costs an unrolled compile); RELEASE_COMPILE=0 times the release
+# eagerly. `FLOPS_PER_CROP=1 bash ... configs/tiny.py 8 float32` checks the script on a CPU.
 set -uo pipefail
 
 if [[ $# -lt 2 ]]; then
-  sed -n '2,21p' "$0"
+  sed -n '2,25p' "$0"
   exit 2
 fi
 release=$1 out=$2 config=${3:-configs/base.py} batch=${4:-256} dtype=${5:-bfloat16}
 mkdir -p "$out"
+out=$(cd "$out" && pwd)
 cd "$(dirname "$0")/.." || exit
 flops=(--no-flops)
 [[ -n ${FLOPS_PER_CROP:-} ]] && flops=(--flops-per-crop "$FLOPS_PER_CROP")
@@ -44,21 +47,24 @@ part() {  # part NAME ARGS...: run one benchmark, keep its output, go on if it f
   fi
 }
 
-part 0_parity python3 benchmarks/attention_parity.py --config "$config" --steps 3 -- \
+part 0_parity python3 benchmarks/attention_parity.py --config "$config" --steps 2 -- \
   --config.batch_size=16 --config.model.encoder_depth=2 --config.model.predictor_depth=2 \
   --config.model.top_k_layers=2
 compile=(--release-compile)
 [[ ${RELEASE_COMPILE:-1} == 0 ]] && compile=()
-part 1_vs_release "${bench[@]}" --steps 10 --warmup 3 --release "$release" "${compile[@]}" \
-  --profile "${TMPDIR:-/tmp}/wavjepa_step_trace" -- --config.batch_size="$batch" "${model[@]}"
-part 2_xla_attention "${bench[@]}" --steps 10 --warmup 2 \
+part 1_vs_release "${bench[@]}" --steps 8 --warmup 3 --release "$release" "${compile[@]}" \
+  -- --config.batch_size="$batch" "${model[@]}"
+part 2_profile env XLA_FLAGS="${XLA_FLAGS:-} --xla_gpu_enable_command_buffer=" "${bench[@]}" \
+  --steps 5 --warmup 2 --profile "${TMPDIR:-/tmp}/wavjepa_step_trace" \
+  -- --config.batch_size="$batch" "${model[@]}"
+part 3_xla_attention "${bench[@]}" --steps 8 --warmup 2 \
   -- --config.batch_size="$batch" "${model[@]}" --config.model.attention=xla
 double=$((2 * batch))
-part 3_batch_$double "${bench[@]}" --steps 3 --warmup 1 \
+part "4_batch_$double" "${bench[@]}" --steps 3 --warmup 1 \
   -- --config.batch_size="$double" "${model[@]}" ||
-  part 3_batch_${double}_remat_dots "${bench[@]}" --steps 3 --warmup 1 \
+  part "4_batch_${double}_remat_dots" "${bench[@]}" --steps 3 --warmup 1 \
     -- --config.batch_size="$double" "${model[@]}" --config.model.remat=True \
     --config.model.remat_policy=dots
-part 4_unrolled "${bench[@]}" --steps 10 --warmup 2 \
+part 5_unrolled "${bench[@]}" --steps 8 --warmup 2 \
   -- --config.batch_size="$batch" "${model[@]}" --config.model.scan_layers=False
 exit $failed

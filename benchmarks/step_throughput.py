@@ -203,9 +203,21 @@ def kernel_kinds(text: str) -> dict[str, str]:
     return kinds
 
 
+def kind_of_kernel_name(kernel: str) -> str:
+    """KINDS guessed from a GPU kernel's name, for kernels with no HLO op to look up."""
+    name = kernel.lower()
+    if any(word in name for word in ("gemm", "xmma", "cutlass", "fmha", "flash", "sdpa",
+                                     "fprop", "dgrad", "wgrad", "convolution")):
+        return "matmul/conv"
+    if any(word in name for word in ("memcpy", "memset", "copy", "transpose")):
+        return "data movement"
+    return "elementwise/reduce"
+
+
 def kernel_events(trace_dir: str):
-    """(HLO op, kernel name, duration in s) for each device kernel in the trace; on a host
-    without accelerators, each event of the host plane (XLA's CPU ops among them)."""
+    """(HLO op, kernel name, duration in s, on an accelerator) for each device kernel in the
+    trace; on a host without accelerators, each event of the host plane (XLA's CPU ops among
+    them, with host-side wrappers that are no op of the step)."""
     from jax.profiler import ProfileData
     path = sorted(glob.glob(os.path.join(trace_dir, "**", "*.xplane.pb"), recursive=True))[-1]
     data = ProfileData.from_file(path)
@@ -215,12 +227,15 @@ def kernel_events(trace_dir: str):
         for line in plane.lines:
             for event in line.events:
                 stats = dict(event.stats)
-                yield str(stats.get("hlo_op", event.name)), event.name, event.duration_ns * 1e-9
+                yield (str(stats.get("hlo_op", event.name)), event.name,
+                       event.duration_ns * 1e-9, bool(device_planes))
 
 
 def profile(step, state, audio, trace_dir: str, steps: int = 3):
     """Trace `steps` steps; device seconds per step by (component, direction) and by kernel.
-    Only events that are ops of the step count (host-side wrappers are left out)."""
+    Only events that are ops of the step count (host-side wrappers are left out). A device kernel
+    whose op is not in the step's HLO (e.g. one replayed from a CUDA graph, which XLA:GPU builds
+    for its loops) counts under the component "unattributed", so the shares add up to the trace."""
     text = step.as_text()  # Once: for a big model the HLO text takes a while to print.
     op_names, kinds = hlo_op_names(text), kernel_kinds(text)
     state, _ = time_steps(step, state, audio, 1, 0)
@@ -229,14 +244,17 @@ def profile(step, state, audio, trace_dir: str, steps: int = 3):
     by_component = collections.defaultdict(float)
     by_kind = collections.defaultdict(float)
     by_kernel = collections.defaultdict(float)
-    for hlo_op, kernel, seconds in kernel_events(trace_dir):
+    for hlo_op, kernel, seconds, on_device in kernel_events(trace_dir):
         stack = op_names.get(hlo_op)
-        if stack is None:
+        if stack is None and not on_device:
             continue
-        direction = "backward" if "transpose(" in stack else "forward"
-        by_component[(component_of(stack), direction)] += seconds / steps
-        by_kind[(component_of(stack), kinds.get(hlo_op, "elementwise/reduce"))] += seconds / steps
-        by_kernel[f"{kernel} ({component_of(stack)})"] += seconds / steps
+        component = "unattributed" if stack is None else component_of(stack)
+        direction = "backward" if stack and "transpose(" in stack else "forward"
+        by_component[(component, direction)] += seconds / steps
+        kind = kind_of_kernel_name(kernel) if stack is None else kinds.get(
+            hlo_op, "elementwise/reduce")
+        by_kind[(component, kind)] += seconds / steps
+        by_kernel[f"{kernel} ({component})"] += seconds / steps
     return state, by_component, by_kind, by_kernel
 
 
@@ -244,7 +262,7 @@ def print_kinds(by_kind: dict[tuple[str, str], float], total: float) -> None:
     """Device ms per step by component and kind of kernel (KINDS), and each kind's share."""
     print("\n| component | " + " | ".join(f"{kind} (ms)" for kind in KINDS) + " |")
     print("|---|" + "---:|" * len(KINDS))
-    for component in COMPONENTS + ("other",):
+    for component in COMPONENTS + ("other", "unattributed"):
         row = [by_kind.get((component, kind), 0.0) for kind in KINDS]
         if any(row):
             print(f"| {component} | " + " | ".join(f"{1e3 * ms:.2f}" for ms in row) + " |")
@@ -367,7 +385,7 @@ def main() -> None:
         total = sum(by_component.values())
         print(f"\nDevice time per step by component ({1e3 * total:.1f} ms traced per step):\n")
         print("| component | forward (ms) | backward (ms) | share |\n|---|---:|---:|---:|")
-        for component in COMPONENTS + ("other",):
+        for component in COMPONENTS + ("other", "unattributed"):
             fwd = by_component.get((component, "forward"), 0.0)
             bwd = by_component.get((component, "backward"), 0.0)
             if fwd or bwd:

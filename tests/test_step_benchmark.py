@@ -42,6 +42,17 @@ def test_profile_kernel_kinds_split_matmuls_from_elementwise_and_data_movement()
 
 
 @pytest.mark.slow  # Four compiles of the tiny step: ~1.5 min on 2 cores.
+@pytest.mark.parametrize("kernel, kind", [
+    ("sm90_xmma_fprop_implicit_gemm_bf16bf16_bf16f32", "matmul/conv"),
+    ("cudnn_generated_fort_native_sdpa_sm90_flash_fprop_wgmma_f16", "matmul/conv"),
+    ("loop_convert_multiply_fusion_2", "elementwise/reduce"),
+    ("input_reduce_fusion", "elementwise/reduce"),
+    ("Memcpy DtoD (Device -> Device)", "data movement"),
+])
+def test_kernels_without_an_hlo_op_get_their_kind_from_their_name(kernel, kind):
+    assert step_throughput.kind_of_kernel_name(kernel) == kind
+
+
 def test_tiny_run_prints_its_table_with_the_largest_batch_and_profile(tmp_path):
     result = subprocess.run(
         [sys.executable, os.path.join(ROOT, "benchmarks", "step_throughput.py"),
@@ -195,22 +206,25 @@ def test_step_benchmark_with_release_reports_the_ratio_from_one_run(tmp_path):
     assert rows["speed vs the release (same batch, this run)"] == f"{theirs / ours:.2f}x"
 
 
-@pytest.mark.slow  # Five runs of the tiny step next to the stand-in release: ~3 min on 2 cores.
+@pytest.mark.slow  # Six runs of the tiny step next to the stand-in release: ~4 min on 2 cores.
 def test_gpu_step_check_script_runs_every_part_and_keeps_their_tables(tmp_path):
     out = tmp_path / "out"
     result = subprocess.run(
         ["bash", os.path.join(ROOT, "benchmarks", "gpu_step_check.sh"),
-         fake_release(tmp_path / "release"), str(out), "configs/tiny.py", "8", "float32"],
+         fake_release(tmp_path / "release"), "out", "configs/tiny.py", "8", "float32"],
         cwd=tmp_path, capture_output=True, text=True, timeout=900,
-        env=dict(os.environ, MEMORY_GIB="0.11", RELEASE_COMPILE="0",
+        env=dict(os.environ, RELEASE_COMPILE="0", FLOPS_PER_CROP="1e9",
                  XLA_FLAGS="--xla_force_host_platform_device_count=1"))
     assert result.returncode == 0, (result.stdout + result.stderr)[-3000:]
     tables = {name: (out / f"{name}.txt").read_text() for name in (
-        "1_vs_release", "2_remat_dots", "2_remat_nothing", "3_max_batch", "4_profile")}
+        "0_parity", "1_vs_release", "2_profile", "3_xla_attention", "4_batch_16", "5_unrolled")}
+    assert "| bf16 xla | loss |" in tables["0_parity"]  # cuDNN's row needs a GPU.
     assert "speed vs the release (same batch, this run)" in tables["1_vs_release"]
-    assert "--config.model.remat_policy=dots" in tables["2_remat_dots"]
-    assert "largest batch within 0.11 GiB per device" in tables["3_max_batch"]
-    assert "| top kernels |" in tables["4_profile"]
+    assert "| top kernels |" in tables["2_profile"]
+    assert "--config.model.attention=xla" in tables["3_xla_attention"]
+    assert "| crops per step | 16 |" in re.sub(r" +\|", " |", tables["4_batch_16"])
+    assert "--config.model.scan_layers=False" in tables["5_unrolled"]
+    assert "| GFLOPs per crop (given) | 1.0 |" in re.sub(r" +\|", " |", tables["5_unrolled"])
     # Usage without its arguments; a part that fails makes the exit status say so.
     usage = subprocess.run(["bash", os.path.join(ROOT, "benchmarks", "gpu_step_check.sh")],
                            capture_output=True, text=True)
