@@ -88,6 +88,21 @@ def test_meshes_give_the_same_losses_as_one_device(mesh, batches, single_device_
         assert adam_mu.sharding.spec[2] == "tensor"         # [layers, embed, mlp]
 
 
+def test_packed_attention_path_gives_the_same_losses_on_a_mesh(monkeypatch, batches,
+                                                               single_device_run):
+    """model.attention="cudnn" packs each sequence's valid tokens first and passes key counts;
+    here XLA computes that layout (cuDNN needs a GPU) on a data x fsdp x tensor mesh."""
+    from wavjepa_jax import transformer
+    monkeypatch.setattr(transformer, "FUSED_IMPLEMENTATION", "xla")
+    monkeypatch.setattr(configuration, "cudnn_attention_problem", lambda *args: None)
+    config = tiny_config(data=2, fsdp=2, tensor=2)
+    config.model.attention = "cudnn"
+    trainings = []
+    losses, _ = run_steps(config, jax.devices(), batches, trainings)
+    assert trainings[0].model.predictor.stack.attention == "cudnn"
+    np.testing.assert_allclose(losses, single_device_run[0], rtol=2e-4)
+
+
 def test_ema_update_is_exact():
     config = tiny_config()
     mesh = sharding.make_mesh(config, jax.devices()[:1])
