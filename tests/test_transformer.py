@@ -38,12 +38,12 @@ def fused_path_on_xla(monkeypatch):
 
 
 # Odd lengths get one pad token on the cuDNN path (its training kernels take even lengths only).
-@pytest.mark.parametrize("scan, length, masked", [(True, 11, True), (False, 12, True),
+@pytest.mark.parametrize("scan, length, with_mask", [(True, 11, True), (False, 12, True),
                                                   (True, 9, False)])
-def test_packed_attention_equals_masked_attention(fused_path_on_xla, scan, length, masked):
+def test_packed_attention_equals_masked_attention(fused_path_on_xla, scan, length, with_mask):
     plain = StackConfig(depth=2, width=16, heads=2, mlp=32, scan=scan)
     x = jax.random.normal(jax.random.key(1), (3, length, 16))
-    valid = scattered_mask(jax.random.key(2), 3, length) if masked else None
+    valid = scattered_mask(jax.random.key(2), 3, length) if with_mask else None
     masked, fused = TransformerStack(plain), TransformerStack(dataclasses.replace(plain,
                                                                                   attention="cudnn"))
     params = masked.init(jax.random.key(3), x, valid)
