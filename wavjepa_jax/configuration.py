@@ -85,6 +85,8 @@ def model_config(size: str = "base") -> ml_collections.ConfigDict:
                                     # whose output alone carries loss.clip_weight's term
         clip_projector=0,           # > 0: loss.clip_weight compares crops after a 2-layer MLP
                                     # of this width (trained, never exported); 0: directly.
+        onset_bands=0,              # > 0: that head also predicts each frame's rise in this
+                                    # many log-mel bands (onsets, attacks; 0: off).
         spectrogram_bands=0,        # > 0: loss.spectrogram_weight's linear head predicts this
                                     # many log-mel bands per frame (trained, never exported).
         statistics_bands=0,         # > 0: loss.statistics_weight's linear head predicts the
@@ -315,6 +317,10 @@ def validate_log_mel_terms(config: ml_collections.ConfigDict, total_stride: int)
             continue
         if bands < 1:
             raise ValueError(f"model.{head}={bands} must be >= 1")
+    onset_bands = config.model.get("onset_bands", 0)
+    if onset_bands < 0 or (onset_bands and not config.loss.get("spectrogram_weight", 0.0)):
+        raise ValueError(f"model.onset_bands={onset_bands} must be >= 0, and > 0 only with the "
+                         "spectrogram term (loss.spectrogram_weight), whose head predicts them")
         if term == "statistics_weight" and config.batch_size < MIN_STATISTICS_BATCH:
             raise ValueError(f"loss.statistics_weight standardises each crop's statistics over "
                              f"the batch: batch_size={config.batch_size} is too few crops for "

@@ -141,14 +141,17 @@ class ClipHead(nn.Module):
 
 class SpectrogramHead(nn.Module):
     """A linear map from each context-encoder output frame to the log-mel bands of the clean audio
-    at that frame (loss.spectrogram_weight). Linear, so what it asks the encoder to keep is
-    linearly readable by a downstream probe. Training-only, like ClipHead."""
+    at that frame (loss.spectrogram_weight), and with onset_bands > 0 also to the rise of each of
+    that many log-mel bands since the previous frame (objective.onset_targets). Linear, so what it
+    asks the encoder to keep is linearly readable by a downstream probe. Training-only, like
+    ClipHead."""
 
     bands: int
+    onset_bands: int = 0
 
     @nn.compact
     def __call__(self, frames):
-        return dense(self.bands, ("embed", "head_out"), "out")(frames)
+        return dense(self.bands + self.onset_bands, ("embed", "head_out"), "out")(frames)
 
 
 class StatisticsHead(nn.Module):
@@ -198,7 +201,8 @@ class WavJEPA:
             frontend=frontend, encoder=encoder,
             predictor=Predictor(predictor_stack, out_width=model.encoder_width),
             clip_head=ClipHead(model.clip_projector) if model.get("clip_projector", 0) else None,
-            spectrogram_head=(SpectrogramHead(model.spectrogram_bands)
+            spectrogram_head=(SpectrogramHead(model.spectrogram_bands,
+                                              model.get("onset_bands", 0))
                               if model.get("spectrogram_bands", 0) else None),
             statistics_head=(StatisticsHead(model.statistics_bands)
                              if model.get("statistics_bands", 0) else None),
