@@ -451,6 +451,46 @@ def test_mel_weight_adds_the_mel_domain_error_of_the_cepstral_prediction():
         cepstral_error + 0.5 * np.mean(np.mean(as_mels ** 2, -1)[valid]), rel=1e-4)
 
 
+def test_onset_targets_are_each_bands_standardised_rise_since_the_previous_frame():
+    log_mels = jnp.array([[[0.0, 5.0], [2.0, 4.0], [1.0, 4.5], [4.0, 4.5]],
+                          [[1.0, 1.0], [1.0, 3.0], [3.0, 2.0], [3.0, 2.0]]])
+    rise = np.array([[[0, 0], [2, 0], [0, 0.5], [3, 0]], [[0, 0], [0, 2], [2, 0], [0, 0]]])
+    expected = (rise - rise.mean((0, 1))) / (rise.std((0, 1)) + 1e-3)
+    np.testing.assert_allclose(objective.onset_targets(log_mels), expected, rtol=1e-5, atol=1e-6)
+
+
+def test_onset_bands_extend_the_spectrogram_heads_targets_after_the_cepstrum():
+    config = configuration.model_config("tiny")
+    config.spectrogram_bands, config.onset_bands = 16, 8
+    model = WavJEPA.from_config(config)
+    context = jax.random.normal(jax.random.PRNGKey(0), (2, 36, config.encoder_width))
+    params = {"spectrogram_head": nn.meta.unbox(model.spectrogram_head.init(
+        jax.random.PRNGKey(1), context)["params"])}
+    assert params["spectrogram_head"]["out"]["kernel"].shape == (config.encoder_width, 24)
+    masks = masking.sample_masks(jax.random.PRNGKey(1), 2, 200, configuration.mask_config())
+    audio = jax.random.normal(jax.random.PRNGKey(2), (2, SAMPLES))
+    loss = float(objective.context_spectrogram_loss(
+        model, params, audio, None, context, masks, 200,
+        objective.SpectrogramTerm(1.0, 60.0, "cepstrum")))
+    # By hand: 16 cepstral targets then 8 onset targets of 8-band log-mels, at the context frames.
+    targets = jnp.concatenate([
+        objective.targets_from_log_mels(objective.floored_log_mels(audio, 200, 240, 16, 60.0),
+                                        "cepstrum"),
+        objective.onset_targets(objective.floored_log_mels(audio, 200, 240, 8, 60.0))], -1)
+    head = params["spectrogram_head"]["out"]
+    error = context @ head["kernel"] + head["bias"] - objective.gather_frames(
+        targets, masks.context_idx)
+    valid = np.asarray(masks.context_valid)
+    assert loss == pytest.approx(np.mean(np.mean(np.asarray(error) ** 2, -1)[valid]), rel=1e-4)
+
+
+def test_onset_bands_need_the_spectrogram_term():
+    config = configuration.default_config()
+    config.model.onset_bands = 8
+    with pytest.raises(ValueError, match="model.onset_bands=8 must be >= 0, and > 0 only with"):
+        configuration.validate(config)
+
+
 def test_statistics_term_regresses_each_crops_log_mel_means_and_stds_from_its_pooled_outputs():
     from wavjepa_jax import logmel
     model, params = tiny_model_with(statistics_bands=16)
