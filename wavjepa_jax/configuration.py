@@ -317,10 +317,6 @@ def validate_log_mel_terms(config: ml_collections.ConfigDict, total_stride: int)
             continue
         if bands < 1:
             raise ValueError(f"model.{head}={bands} must be >= 1")
-    onset_bands = config.model.get("onset_bands", 0)
-    if onset_bands < 0 or (onset_bands and not config.loss.get("spectrogram_weight", 0.0)):
-        raise ValueError(f"model.onset_bands={onset_bands} must be >= 0, and > 0 only with the "
-                         "spectrogram term (loss.spectrogram_weight), whose head predicts them")
         if term == "statistics_weight" and config.batch_size < MIN_STATISTICS_BATCH:
             raise ValueError(f"loss.statistics_weight standardises each crop's statistics over "
                              f"the batch: batch_size={config.batch_size} is too few crops for "
@@ -329,6 +325,10 @@ def validate_log_mel_terms(config: ml_collections.ConfigDict, total_stride: int)
             raise ValueError(f"loss.{term} needs data.sample_rate={SAMPLE_RATE} and a front end "
                              f"of total stride 160 (10 ms frames, the log-mel hop); got "
                              f"{config.data.sample_rate} Hz and stride {total_stride}")
+    onset_bands = config.model.get("onset_bands", 0)
+    if onset_bands < 0 or (onset_bands and not config.loss.get("spectrogram_weight", 0.0)):
+        raise ValueError(f"model.onset_bands={onset_bands} must be >= 0, and > 0 only with the "
+                         "spectrogram term (loss.spectrogram_weight), whose head predicts them")
 
 
 def validate(config: ml_collections.ConfigDict, mesh=None, process_count: int = 1) -> None:
