@@ -13,7 +13,10 @@
 #   3. ours with the masked XLA attention (the step before flash attention), same batch;
 #   4. ours at twice BATCH (the release's 512-crop global batch on one GPU), and if that fails,
 #      the same with remat "dots";
-#   5. ours with the blocks unrolled (model.scan_layers=False), at BATCH.
+#   5. ours with the blocks unrolled (model.scan_layers=False), at BATCH;
+#   6. ours with XLA's Triton GEMMs off (cuBLAS for every matmul), at BATCH.
+# PARTS="1 2 4" runs only those parts (default: all; each takes ~1 min on an H200, part 1 ~3 min
+# with the release's torch.compile, so all seven overrun one 10-minute device call: split them).
 # Defaults: configs/base.py, 256 crops, bfloat16 (the release's per-GPU batch). Each part writes
 # OUT_DIR/<part>.txt; a failed part is reported and the next one still runs, and the exit status
 # says whether any failed. FLOPS_PER_CROP=N gives the FLOP count for MFU (XLA counts no cuDNN
@@ -23,7 +26,7 @@
 set -uo pipefail
 
 if [[ $# -lt 2 ]]; then
-  sed -n '2,25p' "$0"
+  sed -n '2,28p' "$0"
   exit 2
 fi
 release=$1 out=$2 config=${3:-configs/base.py} batch=${4:-256} dtype=${5:-bfloat16}
@@ -39,6 +42,7 @@ failed=0
 part() {  # part NAME ARGS...: run one benchmark, keep its output, go on if it fails.
   local name=$1
   shift
+  [[ " ${PARTS:-0 1 2 3 4 5 6} " == *" ${name%%_*} "* ]] || return 0
   echo "== $name: $*  ($(date +%T))"
   if ! PYTHONUNBUFFERED=1 "$@" 2>&1 | tee "$out/$name.txt"; then
     echo "== $name FAILED (see $out/$name.txt)"
@@ -67,4 +71,6 @@ part "4_batch_$double" "${bench[@]}" --steps 3 --warmup 1 \
     --config.model.remat_policy=dots
 part 5_unrolled "${bench[@]}" --steps 8 --warmup 2 \
   -- --config.batch_size="$batch" "${model[@]}" --config.model.scan_layers=False
+part 6_no_triton_gemm env XLA_FLAGS="${XLA_FLAGS:-} --xla_gpu_enable_triton_gemm=false" \
+  "${bench[@]}" --steps 8 --warmup 2 -- --config.batch_size="$batch" "${model[@]}"
 exit $failed

@@ -206,7 +206,7 @@ def test_step_benchmark_with_release_reports_the_ratio_from_one_run(tmp_path):
     assert rows["speed vs the release (same batch, this run)"] == f"{theirs / ours:.2f}x"
 
 
-@pytest.mark.slow  # Six runs of the tiny step next to the stand-in release: ~4 min on 2 cores.
+@pytest.mark.slow  # Eight runs of the tiny step next to the stand-in release: ~2 min on 2 cores.
 def test_gpu_step_check_script_runs_every_part_and_keeps_their_tables(tmp_path):
     out = tmp_path / "out"
     result = subprocess.run(
@@ -217,7 +217,8 @@ def test_gpu_step_check_script_runs_every_part_and_keeps_their_tables(tmp_path):
                  XLA_FLAGS="--xla_force_host_platform_device_count=1"))
     assert result.returncode == 0, (result.stdout + result.stderr)[-3000:]
     tables = {name: (out / f"{name}.txt").read_text() for name in (
-        "0_parity", "1_vs_release", "2_profile", "3_xla_attention", "4_batch_16", "5_unrolled")}
+        "0_parity", "1_vs_release", "2_profile", "3_xla_attention", "4_batch_16", "5_unrolled",
+        "6_no_triton_gemm")}
     assert "| bf16 xla | loss |" in tables["0_parity"]  # cuDNN's row needs a GPU.
     assert "speed vs the release (same batch, this run)" in tables["1_vs_release"]
     assert "| top kernels |" in tables["2_profile"]
@@ -225,6 +226,13 @@ def test_gpu_step_check_script_runs_every_part_and_keeps_their_tables(tmp_path):
     assert "| crops per step | 16 |" in re.sub(r" +\|", " |", tables["4_batch_16"])
     assert "--config.model.scan_layers=False" in tables["5_unrolled"]
     assert "| GFLOPs per crop (given) | 1.0 |" in re.sub(r" +\|", " |", tables["5_unrolled"])
+    # PARTS picks parts; the others leave no table.
+    subprocess.run(["bash", os.path.join(ROOT, "benchmarks", "gpu_step_check.sh"),
+                    fake_release(tmp_path / "release"), "only", "configs/tiny.py", "8", "float32"],
+                   cwd=tmp_path, check=True, capture_output=True, timeout=600,
+                   env=dict(os.environ, PARTS="6", FLOPS_PER_CROP="1e9",
+                            XLA_FLAGS="--xla_force_host_platform_device_count=1"))
+    assert sorted(p.name for p in (tmp_path / "only").iterdir()) == ["6_no_triton_gemm.txt"]
     # Usage without its arguments; a part that fails makes the exit status say so.
     usage = subprocess.run(["bash", os.path.join(ROOT, "benchmarks", "gpu_step_check.sh")],
                            capture_output=True, text=True)
