@@ -103,6 +103,26 @@ def test_packed_attention_path_gives_the_same_losses_on_a_mesh(monkeypatch, batc
     np.testing.assert_allclose(losses, single_device_run[0], rtol=2e-4)
 
 
+def test_a_non_finite_step_leaves_the_whole_state_as_it_was(batches):
+    config = tiny_config()
+    config.debug.nan_steps = "0-0"
+    mesh = sharding.make_mesh(config, jax.devices()[:1])
+    training = train.build(config, mesh)
+    with jax.set_mesh(mesh), nn.logical_axis_rules(sharding.LOGICAL_RULES):
+        state = create_train_state(training.model, config, training.optimizer, training.shardings)
+        before = jax.device_get((state.params, state.target_params, state.opt_state))
+        state, metrics = training.train_step(state, batches[0])      # Step 0: NaN loss.
+        after = jax.device_get((state.params, state.target_params, state.opt_state))
+        assert not bool(metrics["finite"]) and int(state.skipped_steps) == 1
+        for a, b in zip(jax.tree.leaves(before), jax.tree.leaves(after)):
+            np.testing.assert_array_equal(a, b)
+        for audio in batches[1:3]:  # Finite; the first one at the schedule's lr 0 (count 0).
+            state, metrics = training.train_step(state, audio)
+    assert bool(metrics["finite"]) and int(state.bad_steps) == 0
+    assert any(not np.array_equal(a, b) for a, b in zip(
+        jax.tree.leaves(before[0]), jax.tree.leaves(jax.device_get(state.params))))
+
+
 def test_ema_update_is_exact():
     config = tiny_config()
     mesh = sharding.make_mesh(config, jax.devices()[:1])

@@ -106,23 +106,28 @@ def make_train_step(model: WavJEPA, config: ml_collections.ConfigDict,
         grad_norm = optax.tree.norm(grads)
         finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
 
-        with jax.named_scope("optimizer"):
-            updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
-            params = optax.apply_updates(state.params, updates)
-        with jax.named_scope("ema"):
-            decay = ema_decay(state.step)
-            target_params = ema_update_fn(state.target_params, params["encoder"], decay)
-            target_frontend = (ema_update(state.target_frontend, params["frontend"], decay)
-                               if ema_frontend else state.target_frontend)
+        decay = ema_decay(state.step)
 
-        keep_if_finite = lambda new, old: jax.tree.map(  # noqa: E731
-            lambda n, o: jnp.where(finite, n, o), new, old)
+        def update(_):
+            """The optimiser and EMA updates: run only on a finite step (lax.cond), so a
+            non-finite one costs no pass over the state and keeps it as it was."""
+            with jax.named_scope("optimizer"):
+                updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
+                params = optax.apply_updates(state.params, updates)
+            with jax.named_scope("ema"):
+                target_params = ema_update_fn(state.target_params, params["encoder"], decay)
+                target_frontend = (ema_update(state.target_frontend, params["frontend"], decay)
+                                   if ema_frontend else state.target_frontend)
+            return params, target_params, target_frontend, opt_state
+
+        def keep(_):
+            return state.params, state.target_params, state.target_frontend, state.opt_state
+
+        params, target_params, target_frontend, opt_state = jax.lax.cond(finite, update, keep,
+                                                                         None)
         new_state = state.replace(
-            step=state.step + 1,
-            params=keep_if_finite(params, state.params),
-            target_params=keep_if_finite(target_params, state.target_params),
-            target_frontend=keep_if_finite(target_frontend, state.target_frontend),
-            opt_state=keep_if_finite(opt_state, state.opt_state),
+            step=state.step + 1, params=params, target_params=target_params,
+            target_frontend=target_frontend, opt_state=opt_state,
             bad_steps=jnp.where(finite, 0, state.bad_steps + 1),
             skipped_steps=state.skipped_steps + (~finite).astype(jnp.int32))
         # The optimiser's step count (every "count" in its state is the same); it advances on
