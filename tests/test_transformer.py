@@ -46,7 +46,7 @@ def test_packed_attention_equals_masked_attention(fused_path_on_xla, scan, lengt
     valid = scattered_mask(jax.random.key(2), 3, length) if with_mask else None
     masked, fused = TransformerStack(plain), TransformerStack(dataclasses.replace(plain,
                                                                                   attention="cudnn"))
-    params = masked.init(jax.random.key(3), x, valid)
+    params = jax.jit(masked.init)(jax.random.key(3), x, valid)
 
     def loss(stack, params):
         last, layers = stack.apply(params, x, valid, return_all=True)
@@ -54,10 +54,10 @@ def test_packed_attention_equals_masked_attention(fused_path_on_xla, scan, lengt
         return jnp.sum(kept ** 2) + jnp.sum(layers[0] ** 2), (
             last, layers)
 
-    (value_m, (last_m, layers_m)), grads_m = jax.value_and_grad(
-        lambda p: loss(masked, p), has_aux=True)(params)
-    (value_f, (last_f, layers_f)), grads_f = jax.value_and_grad(
-        lambda p: loss(fused, p), has_aux=True)(params)
+    (value_m, (last_m, layers_m)), grads_m = jax.jit(jax.value_and_grad(
+        lambda p: loss(masked, p), has_aux=True))(params)
+    (value_f, (last_f, layers_f)), grads_f = jax.jit(jax.value_and_grad(
+        lambda p: loss(fused, p), has_aux=True))(params)
     # Every position (padding rows too) sees the same keys both ways.
     np.testing.assert_allclose(last_f, last_m, atol=1e-5)
     np.testing.assert_allclose(layers_f, layers_m, atol=1e-5)
@@ -76,16 +76,16 @@ def test_fused_model_computes_the_same_predictions(fused_path_on_xla):
     config.model.attention = "cudnn"     # Validation would refuse it on a CPU; built directly.
     fused = WavJEPA.from_config(config.model)
     assert fused.predictor.stack.attention == "cudnn"
-    params = masked.init(jax.random.key(0), 8000)
     keys = jax.random.split(jax.random.key(1), 4)
     tokens = jax.random.normal(keys[0], (2, 7, 32))
     context_valid, target_valid = scattered_mask(keys[1], 2, 7), scattered_mask(keys[2], 2, 5)
     positions = jnp.broadcast_to(jnp.arange(12), (2, 12))
     args = (tokens, positions[:, :7], context_valid, positions[:, 7:], target_valid)
-    run = lambda model: model.predictor.apply({"params": params["predictor"]}, *args)  # noqa
+    predictor = jax.jit(masked.predictor.init)(keys[3], *args)
+    run = lambda model: jax.jit(model.predictor.apply)(predictor, *args)  # noqa: E731
     np.testing.assert_allclose(run(fused), run(masked), atol=1e-5)
-    encode = lambda model: model.encoder.apply({"params": params["encoder"]}, tokens,  # noqa
-                                               context_valid)
+    encoder = jax.jit(masked.encoder.init)(keys[3], tokens, context_valid)
+    encode = lambda model: jax.jit(model.encoder.apply)(encoder, tokens, context_valid)  # noqa
     np.testing.assert_allclose(encode(fused), encode(masked), atol=1e-5)
 
 
