@@ -18,6 +18,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from wavjepa_jax.configuration import head_dims
 from wavjepa_jax.frontend import FrontEnd
 from wavjepa_jax.layers import dense, gelu, layer_norm, partitioned
 from wavjepa_jax.positions import token_code
@@ -188,12 +189,10 @@ class WavJEPA:
     @classmethod
     def from_config(cls, model: "ml_collections.ConfigDict") -> "WavJEPA":
         dtype = DTYPES[model.dtype]
-        head_dims = (model.encoder_width // model.encoder_heads,
-                     model.predictor_width // model.predictor_heads)
         frontend, encoder = frontend_and_encoder(
             model, dtype=dtype, scan=model.scan_layers, remat=model.remat,
             remat_policy=model.get("remat_policy", "nothing"),
-            attention=resolve_attention(model.get("attention", "xla"), dtype, head_dims))
+            attention=resolve_attention(model.get("attention", "xla"), dtype, head_dims(model)))
         predictor_stack = dataclasses.replace(
             encoder.stack, depth=model.predictor_depth, width=model.predictor_width,
             heads=model.predictor_heads, mlp=model.predictor_mlp)
