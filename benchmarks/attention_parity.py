@@ -25,7 +25,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
 import cli_args  # noqa: E402
-from wavjepa_jax import configuration, sharding, train, transformer, xla_flags  # noqa: E402
+from wavjepa_jax import sharding, train, transformer, xla_flags  # noqa: E402
+from wavjepa_jax.model import head_dims  # noqa: E402
 from wavjepa_jax.train_state import create_train_state  # noqa: E402
 
 VARIANTS = (("fp32 xla (reference)", "float32", "xla"), ("bf16 xla", "bfloat16", "xla"),
@@ -60,8 +61,7 @@ def main() -> None:
     for name, dtype, attention in VARIANTS:
         config = ml_collections.ConfigDict(base.to_dict())
         config.model.dtype, config.model.attention = dtype, attention
-        problem = (transformer.cudnn_attention_problem(dtype,
-                                                       configuration.head_dims(config.model))
+        problem = (transformer.cudnn_attention_problem(dtype, head_dims(config.model))
                    if attention == "cudnn" else None)
         if problem:
             print(f"{name}: skipped ({problem})")

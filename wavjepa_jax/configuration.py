@@ -101,13 +101,8 @@ def model_config(size: str = "base") -> ml_collections.ConfigDict:
     ))
 
 
-def head_dims(model: ml_collections.ConfigDict) -> tuple[int, int]:
-    """The attention head dims of the encoder and the predictor."""
-    return (model.encoder_width // model.encoder_heads,
-            model.predictor_width // model.predictor_heads)
-
-
 def validate_attention(model: ml_collections.ConfigDict) -> None:
+    from wavjepa_jax.model import head_dims
     choice = model.get("attention", "xla")
     if choice not in ATTENTION:
         raise ValueError(f"model.attention={choice!r} must be one of {ATTENTION}")

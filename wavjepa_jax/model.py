@@ -18,7 +18,6 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from wavjepa_jax.configuration import head_dims
 from wavjepa_jax.frontend import FrontEnd
 from wavjepa_jax.layers import dense, gelu, layer_norm, partitioned
 from wavjepa_jax.positions import token_code
@@ -166,6 +165,12 @@ class StatisticsHead(nn.Module):
     @nn.compact
     def __call__(self, pooled):
         return dense(2 * self.bands, ("embed", "head_out"), "out")(pooled)
+
+
+def head_dims(model: Mapping) -> tuple[int, int]:
+    """The attention head dims of a model config's encoder and predictor."""
+    return (model["encoder_width"] // model["encoder_heads"],
+            model["predictor_width"] // model["predictor_heads"])
 
 
 def training_init_rng(seed: int) -> jax.Array:
