@@ -190,18 +190,21 @@ class TransformerStack(nn.Module):
     def __call__(self, x, key_valid=None, return_all: bool = False):
         config = self.config
         fused = config.attention == "cudnn"
-        length = x.shape[1]
-        if fused and length % 2:  # cuDNN's training kernels take even lengths: one pad token.
-            valid = jnp.ones(x.shape[:2], bool) if key_valid is None else key_valid
+        batch, length = x.shape[:2]
+        pad = fused and length % 2  # cuDNN's training kernels take even lengths: one pad token.
+        if pad:
             x = jnp.pad(x, ((0, 0), (0, 1), (0, 0)))
-            key_valid = jnp.pad(valid, ((0, 0), (0, 1)))
         keys, unpack = key_valid, None
         if fused and key_valid is not None:
-            x, keys, unpack = valid_tokens_first(x, key_valid)
+            x, keys, unpack = valid_tokens_first(
+                x, jnp.pad(key_valid, ((0, 0), (0, 1))) if pad else key_valid)
+        elif pad:  # Every token valid: they are a prefix already.
+            keys = jnp.full((batch,), length, jnp.int32)
         x, outputs = self._blocks(x.astype(config.dtype), keys, fused, return_all)
         if unpack is not None:
-            x = unpack(x, 1)[:, :length]
-            outputs = None if outputs is None else unpack(outputs, 2)[:, :, :length]
+            x, outputs = unpack(x, 1), None if outputs is None else unpack(outputs, 2)
+        if pad:
+            x, outputs = x[:, :length], None if outputs is None else outputs[:, :, :length]
         return (x, outputs) if return_all else x
 
     def _blocks(self, x, keys, fused: bool, return_all: bool):
