@@ -422,6 +422,10 @@ def _set(config, field, value):
     ({"loss.spectrogram_target": "mfcc"}, 1, r"loss\.spectrogram_target='mfcc' must be 'mel' or "),
     ({"loss.clip_weight": 1.0, "loss.clip_contrastive_weight": 0.2}, 1,
      r"loss\.clip_contrastive_weight=0\.2 .* needs loss\.clip_objective='vicreg'"),
+    ({"loss.clip_weight": 1.0, "loss.clip_margin": 1.5}, 1,
+     r"loss\.clip_margin=1\.5 must be in \[0, 1\)"),
+    ({"loss.clip_weight": 1.0, "loss.clip_objective": "vicreg", "loss.clip_margin": 0.1}, 1,
+     r"loss\.clip_margin=0\.1 .* needs loss\.clip_objective='contrastive'"),
     ({"model.remat_policy": "everything"}, 1, r"model\.remat_policy='everything' must be "),
     ({"loss.spectrogram_mel_weight": 1.0}, 1, r"loss\.spectrogram_mel_weight=1\.0 .* needs "
                                               r"loss\.spectrogram_target='cepstrum'"),

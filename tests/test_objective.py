@@ -181,6 +181,28 @@ def test_clip_contrastive_prefers_crops_that_match_their_clip():
     assert float(same) == pytest.approx(np.log(15), rel=1e-5)
 
 
+def test_clip_margin_scores_the_contrastive_form_with_shifted_similarities():
+    embeddings = jax.random.normal(jax.random.PRNGKey(5), (8, 6))
+    plain = objective.clip_contrastive(embeddings, 2, 0.1)
+    assert float(objective.clip_contrastive(embeddings, 2, 0.1, margin=0.0)) == float(plain)
+    # By hand: cosine similarities, positives lowered and negatives raised by the margin.
+    unit = np.asarray(embeddings) / np.linalg.norm(np.asarray(embeddings), axis=1, keepdims=True)
+    similarity = unit @ unit.T
+    partner = np.arange(8) ^ 1
+    shifted = similarity + 0.2
+    shifted[np.arange(8), partner] -= 0.4
+    np.fill_diagonal(shifted, -np.inf)
+    logits = shifted / 0.1
+    log_prob = logits - np.log(np.sum(np.exp(logits), axis=1, keepdims=True))
+    adversarial = -np.mean(log_prob[np.arange(8), partner])
+    assert float(objective.clip_contrastive(embeddings, 2, 0.1, margin=0.2)) == pytest.approx(
+        0.5 * (float(plain) + adversarial), rel=1e-5)
+    # Pairs already told apart keep a gradient with the margin: the loss stays well above zero.
+    apart = jnp.repeat(jnp.eye(8), 2, axis=0)
+    assert float(objective.clip_contrastive(apart, 2, 0.05)) < 1e-6
+    assert float(objective.clip_contrastive(apart, 2, 0.05, margin=0.5)) > 0.1
+
+
 def test_clip_vicreg_is_invariance_plus_variance_and_covariance():
     key = jax.random.PRNGKey(5)
     clips = 2.0 * jax.random.normal(key, (64, 4))

@@ -220,6 +220,9 @@ def default_config() -> ml_collections.ConfigDict:
         clip_contrastive_weight=0.0,  # clip_objective "vicreg": plus this x the contrastive form.
         clip_view="context",       # "context": pool the context outputs; "full": one more
                                    # encoder pass over every frame of each crop, pooled.
+        clip_margin=0.0,           # > 0: the contrastive form also scored with positive
+                                   # similarities lowered, negative ones raised by this
+                                   # (implicit feature modification; 0: plain InfoNCE).
         spectrogram_weight=0.0, spectrogram_floor_db=0.0, spectrogram_target="mel",
         spectrogram_mel_weight=0.0, spectrogram_clean_only=False,
         statistics_weight=0.0))
@@ -406,6 +409,15 @@ def validate(config: ml_collections.ConfigDict, mesh=None, process_count: int = 
             raise ValueError("loss.clip_view='full' pools the frames of an extra encoder pass; "
                              "model.clip_token=True feeds the clip term the context's token: "
                              "set one or the other")
+        if not 0 <= config.loss.get("clip_margin", 0.0) < 1:
+            raise ValueError(f"loss.clip_margin={config.loss.clip_margin} must be in [0, 1) (a "
+                             "shift of cosine similarities)")
+        if config.loss.get("clip_margin", 0.0) and not (
+                config.loss.clip_objective == "contrastive"
+                or config.loss.get("clip_contrastive_weight", 0.0)):
+            raise ValueError(f"loss.clip_margin={config.loss.clip_margin} shifts the contrastive "
+                             "form's similarities: it needs loss.clip_objective='contrastive' or "
+                             "loss.clip_contrastive_weight > 0")
         if config.loss.clip_temperature <= 0:
             raise ValueError(f"loss.clip_temperature={config.loss.clip_temperature} must be > 0")
         if not 0 <= config.loss.clip_channels <= model.encoder_width:

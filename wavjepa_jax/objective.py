@@ -124,18 +124,29 @@ def same_clip(batch: int, crops_per_clip: int) -> jax.Array:
     return clip[:, None] == clip[None, :]
 
 
-def clip_contrastive(embeddings: jax.Array, crops_per_clip: int, temperature: float) -> jax.Array:
+def clip_contrastive(embeddings: jax.Array, crops_per_clip: int, temperature: float,
+                     margin: float = 0.0) -> jax.Array:
     """Multi-positive InfoNCE over the batch: each crop picks out its clip's other crops among all
-    the other crops, by cosine similarity / temperature. embeddings [batch, channels]."""
+    the other crops, by cosine similarity / temperature. embeddings [batch, channels].
+
+    margin > 0: the mean of that loss and the same loss with every positive cosine similarity
+    lowered and every negative one raised by `margin` (implicit feature modification, Robinson
+    et al. 2021: the closed form of a worst-case perturbation of the embeddings), so pairs that
+    are already told apart keep a gradient and features beyond the easiest are learned too."""
     batch = embeddings.shape[0]
     unit = embeddings * jax.lax.rsqrt(jnp.sum(jnp.square(embeddings), -1, keepdims=True) + 1e-8)
-    logits = unit @ unit.T / temperature
+    similarity = unit @ unit.T
     self_pair = jnp.eye(batch, dtype=bool)
-    logits = jnp.where(self_pair, -jnp.inf, logits)
     positive = same_clip(batch, crops_per_clip) & ~self_pair
-    log_prob = logits - jax.nn.logsumexp(logits, axis=-1, keepdims=True)
-    per_crop = jnp.sum(jnp.where(positive, log_prob, 0.0), -1) / (crops_per_clip - 1)
-    return -jnp.mean(per_crop)
+
+    def info_nce(shift):
+        shifted = similarity + jnp.where(positive, -shift, shift) if shift else similarity
+        logits = jnp.where(self_pair, -jnp.inf, shifted / temperature)
+        log_prob = logits - jax.nn.logsumexp(logits, axis=-1, keepdims=True)
+        per_crop = jnp.sum(jnp.where(positive, log_prob, 0.0), -1) / (crops_per_clip - 1)
+        return -jnp.mean(per_crop)
+
+    return info_nce(0.0) if not margin else 0.5 * (info_nce(0.0) + info_nce(margin))
 
 
 def clip_vicreg(embeddings: jax.Array, crops_per_clip: int) -> jax.Array:
@@ -151,22 +162,24 @@ def clip_vicreg(embeddings: jax.Array, crops_per_clip: int) -> jax.Array:
 def clip_loss(context: jax.Array, valid: jax.Array, crops_per_clip: int, kind: str,
               temperature: float, head=None, channels: int = 0,
               clip_token: jax.Array | None = None,
-              contrastive_weight: float = 0.0) -> jax.Array:
+              contrastive_weight: float = 0.0, margin: float = 0.0) -> jax.Array:
     """The clip-level term on the mean-pooled context outputs of every crop, or on the clip
     token's outputs [batch, width] when given, after `head` (a function of the embeddings) when
     given. channels > 0: on the first `channels` output channels only, so the others are shaped
     by the frame-level terms alone. kind="vicreg" with contrastive_weight > 0 adds that weight
-    times the contrastive term on the same embeddings."""
+    times the contrastive term on the same embeddings. margin: the contrastive form's
+    (clip_contrastive)."""
     embeddings = pooled(context, valid) if clip_token is None else clip_token
     if channels:
         embeddings = embeddings[..., :channels]
     if head is not None:
         embeddings = head(embeddings)
     if kind == "contrastive":
-        return clip_contrastive(embeddings, crops_per_clip, temperature)
+        return clip_contrastive(embeddings, crops_per_clip, temperature, margin)
     vicreg = clip_vicreg(embeddings, crops_per_clip)
     if contrastive_weight:
-        vicreg += contrastive_weight * clip_contrastive(embeddings, crops_per_clip, temperature)
+        vicreg += contrastive_weight * clip_contrastive(embeddings, crops_per_clip, temperature,
+                                                        margin)
     return vicreg
 
 
@@ -206,6 +219,7 @@ class ClipTerm(NamedTuple):
     view:               "context": the pooled context-encoder outputs (the context frames only);
                         "full": the online encoder's pooled outputs over every frame of the crop
                         (one more encoder pass, unmasked, as a probe reads it).
+    margin:             the contrastive form's similarity margin (clip_contrastive; 0: plain).
     """
 
     weight: float = 0.0
@@ -215,6 +229,7 @@ class ClipTerm(NamedTuple):
     contrastive_weight: float = 0.0
     crops_per_clip: int = 1
     view: str = "context"
+    margin: float = 0.0
 
     @classmethod
     def from_config(cls, loss, data) -> "ClipTerm":
@@ -224,7 +239,7 @@ class ClipTerm(NamedTuple):
                    loss.get("clip_temperature", 0.1), loss.get("clip_channels", 0),
                    loss.get("clip_contrastive_weight", 0.0),
                    data.crops_per_clip // data.get("crop_groups", 1),
-                   loss.get("clip_view", "context"))
+                   loss.get("clip_view", "context"), loss.get("clip_margin", 0.0))
 
 
 class SpectrogramTerm(NamedTuple):
@@ -409,7 +424,8 @@ def wavjepa_loss(model: WavJEPA, params, target_params, audio, masks: Masks, *,
         clip_error = (clip_loss(*clip_view_outputs(model, params, tokens, context, masks,
                                                    clip.view),
                                 clip.crops_per_clip, clip.kind, clip.temperature, head,
-                                clip.channels, clip_token, clip.contrastive_weight)
+                                clip.channels, clip_token, clip.contrastive_weight,
+                                clip.margin)
                       if clip.weight else 0.0)
         spectrogram_error = (context_spectrogram_loss(model, params, audio, context_audio,
                                                       context, masks, tokens.shape[1],
