@@ -6,7 +6,8 @@
 
 Model: conv front end of 64 channels (the release's kernels and strides, 100 frames/s), a 4-block
 width-128 encoder and a 2-block width-64 predictor (~1.0M trainable parameters). 32 crops per
-step from 16 clips (2 crops each: more distinct clips per batch than the release's 8).
+step from 16 clips (2 crops each: more distinct clips per batch than the release's 8). The
+targets average all 4 encoder layers (`model.top_k_layers=4`; the release: the top 8 of 12).
 
 What differs from the release's objective, and why (README "Does it learn?"): at this size the
 release's objective collapses within ~50 steps, so four options are on:
@@ -23,12 +24,12 @@ release's objective collapses within ~50 steps, so four options are on:
   - noise on half the context inputs at -5..20 dB with clean targets (`augment.prob`): robustness.
 Warmup and the EMA anneal are fractions of the run, so shorter or longer runs keep their shape.
 
-Measured (benchmarks/LEARNING.md, 2026-11-27, 2,000 steps, 63.2 min pretraining + 6.6 min
-probing on a 2-core CPU, linear probes, mean of 5 tasks): 39.3% (step 0) -> 61.7% clean
-(log-mel 61.2%), 27.1% -> 53.9% at 10 dB (36.5%) and 17.5% -> 47.1% at 0 dB SNR (20.4%).
-Pitch 42.2 -> 88.9, speaker 58.1 -> 93.8, language 37.8 -> 63.3, spoken digits 20.0 -> 36.0:
-above log-mel clean on pitch, speaker and language, at 0 dB on all but digits (12.7 vs 20.0).
-Instrument falls (38.2 -> 26.4): the one task this recipe does not learn yet.
+Measured (benchmarks/LEARNING.md, 2026-11-27, 2,000 steps, 34.9 min pretraining + 5.7 min
+probing on a 2-core CPU, linear probes, mean of 5 tasks): 39.3% (step 0) -> 63.5% clean
+(log-mel 61.2%), 27.1% -> 54.8% at 10 dB (36.5%) and 17.5% -> 50.5% at 0 dB SNR (20.4%).
+Pitch 42.2 -> 90.6, speaker 58.1 -> 92.5, language 37.8 -> 64.4, spoken digits 20.0 -> 41.3:
+above log-mel clean on pitch, speaker and language, at 0 dB on all but digits (15.3 vs 20.0).
+Instrument falls (38.2 -> 28.5): the one task this recipe does not learn.
 """
 
 from wavjepa_jax import configuration
@@ -41,7 +42,7 @@ def get_config(arg=None):
     config.model.conv_layers = [[64, 10, 5]] + [[64, 3, 2]] * 4 + [[64, 2, 2]]
     config.model.update(encoder_width=128, encoder_depth=4, encoder_heads=4, encoder_mlp=512,
                         predictor_width=64, predictor_depth=2, predictor_heads=4,
-                        predictor_mlp=256, top_k_layers=2)
+                        predictor_mlp=256, top_k_layers=4)
     config.loss.variance_weight = 1.0
     config.loss.covariance_weight = 0.04
     config.loss.clip_weight = 1.0            # the 2 crops of each clip agree (VICReg),
