@@ -5,8 +5,8 @@ r"""Training-step throughput: the step exactly as `train.py` builds it, timed on
         --profile /tmp/prof -- --config.batch_size=256 --config.model.dtype=bfloat16
 
 Prints one table: device, crops per step, compile time, step time (median of --steps timed steps
-after --warmup), audio-s/s, FLOPs per crop (XLA's count of the step with its layers unrolled, as
-`train --dry-run`), achieved TFLOP/s, MFU against the peak (--peak-tflops, or the dense bf16 peak
+after --warmup), audio-s/s, FLOPs per crop (XLA's count of the model FLOPs: layers unrolled, XLA
+attention, no remat, as `train --dry-run`), achieved TFLOP/s, MFU against the peak (--peak-tflops, or the dense bf16 peak
 of a known device), and the compiled step's memory per device. `--profile DIR` adds a
 jax.profiler trace of a few steps and a second table: device time per step by model component
 (the named scopes of the step: masking, augment, frontend, context_encoder, predictor,
@@ -67,13 +67,13 @@ def peak_tflops(device, given: float | None) -> float | None:
     return next((v for k, v in PEAK_TFLOPS.items() if k.lower() in kind.lower()), None)
 
 
-def unrolled_flops_per_crop(config, mesh) -> float | None:
-    """FLOPs per crop of the step with its layers unrolled (XLA counts a loop body once)."""
-    unrolled = ml_collections.ConfigDict(config.to_dict())
-    unrolled.model.scan_layers = False
-    built = train.build(unrolled, mesh)
-    compiled = train._compile(built.train_step, built.abstract_state, unrolled, mesh)
-    return train.compiled_summary(compiled, unrolled, built.abstract_state)["flops_per_crop"]
+def model_flops_per_crop(config, mesh) -> float | None:
+    """Model FLOPs per crop, counted by XLA on train.flop_counting_config (layers unrolled, XLA
+    attention, no remat), as `train --dry-run` reports them."""
+    counted = train.flop_counting_config(config)
+    built = train.build(counted, mesh)
+    compiled = train._compile(built.train_step, built.abstract_state, counted, mesh)
+    return train.compiled_summary(compiled, counted, built.abstract_state)["flops_per_crop"]
 
 
 def compiled_memory(config, mesh, batch_size: int) -> int:
@@ -299,7 +299,7 @@ def main() -> None:
                         help="Peak TFLOP/s per device for MFU (default: known devices' bf16).")
     parser.add_argument("--profile", default="", help="Trace a few steps into this folder.")
     parser.add_argument("--no-flops", action="store_true",
-                        help="Skip the unrolled compile that counts FLOPs (slow for big models).")
+                        help="Skip the extra compile that counts FLOPs (slow for big models).")
     parser.add_argument("--flops-per-crop", type=float, default=None,
                         help="FLOPs per crop for MFU instead of counting them (XLA does not "
                              "count cuDNN's attention kernels: give the xla-attention count).")
@@ -330,7 +330,7 @@ def main() -> None:
         compile_s = time.perf_counter() - started
         summary = train.compiled_summary(compiled, config, built.abstract_state)
         flops = args.flops_per_crop or (None if args.no_flops
-                                        else unrolled_flops_per_crop(config, mesh))
+                                        else model_flops_per_crop(config, mesh))
         state = create_train_state(built.model, config, built.optimizer, built.shardings)
         audio = jax.device_put(
             np.random.default_rng(0).standard_normal(
@@ -358,7 +358,7 @@ def main() -> None:
         ("compile (s)", f"{compile_s:.1f}"),
         ("step (s), median of " + str(len(times)), f"{step_s:.4f} (min {min(times):.4f})"),
         ("audio-s / s", f"{config.batch_size * crop_seconds / step_s:.1f}"),
-        ("GFLOPs per crop (" + ("given" if args.flops_per_crop else "unrolled count") + ")",
+        ("GFLOPs per crop (" + ("given" if args.flops_per_crop else "XLA count") + ")",
          f"{flops / 1e9:.1f}" if flops else "-"),
         ("achieved TFLOP/s (all devices)", f"{achieved:.2f}" if achieved else "-"),
         ("MFU", f"{100 * achieved / (peak * jax.device_count()):.1f}% of {peak:g} TFLOP/s"

@@ -41,7 +41,6 @@ def test_profile_kernel_kinds_split_matmuls_from_elementwise_and_data_movement()
     assert kinds_of(lambda a: jnp.transpose(a).reshape(16, 128), x) == {"data movement"}
 
 
-@pytest.mark.slow  # Four compiles of the tiny step: ~1.5 min on 2 cores.
 @pytest.mark.parametrize("kernel, kind", [
     ("sm90_xmma_fprop_implicit_gemm_bf16bf16_bf16f32", "matmul/conv"),
     ("cudnn_generated_fort_native_sdpa_sm90_flash_fprop_wgmma_f16", "matmul/conv"),
@@ -53,6 +52,7 @@ def test_kernels_without_an_hlo_op_get_their_kind_from_their_name(kernel, kind):
     assert step_throughput.kind_of_kernel_name(kernel) == kind
 
 
+@pytest.mark.slow  # Four compiles of the tiny step: ~1.5 min on 2 cores.
 def test_tiny_run_prints_its_table_with_the_largest_batch_and_profile(tmp_path):
     result = subprocess.run(
         [sys.executable, os.path.join(ROOT, "benchmarks", "step_throughput.py"),

@@ -305,6 +305,33 @@ def test_cli_tiny_run_writes_metrics_and_the_loss_falls(tmp_path):
     assert "step 40/40" in result.stdout
 
 
+def test_flops_are_counted_on_an_unrolled_step_without_remat_or_fused_attention():
+    config = tiny_config(data=1)
+    config.model.update(remat=True, remat_policy="nothing", attention="auto")
+    assert train.flops_need_own_compile(config)
+    counted = train.flop_counting_config(config)
+    assert (counted.model.scan_layers, counted.model.attention, counted.model.remat) == (
+        False, "xla", False)
+    assert config.model.scan_layers and config.model.remat   # The original is left as it was.
+    plain = tiny_config(data=1)
+    plain.model.update(scan_layers=False, attention="xla")
+    assert not train.flops_need_own_compile(plain)
+
+
+def test_the_flop_count_leaves_out_what_remat_recomputes():
+    def flops(cfg):
+        mesh = sharding.make_mesh(cfg, jax.devices()[:1])
+        built = train.build(cfg, mesh)
+        compiled = train._compile(built.train_step, built.abstract_state, cfg, mesh)
+        return train.compiled_summary(compiled, cfg, built.abstract_state)["flops_per_step"]
+
+    # XLA counts a remat step's recomputed forward: the counting copy leaves it out.
+    remat_unrolled = tiny_config(data=1)
+    remat_unrolled.model.update(remat=True, remat_policy="nothing", scan_layers=False)
+    counted = train.flop_counting_config(remat_unrolled)
+    assert flops(remat_unrolled) > 1.05 * flops(counted)
+
+
 @pytest.mark.slow
 def test_dry_run_reports_base_parameters_and_half_the_release_flops(tmp_path):
     result = cli("--config", "configs/base.py", "--workdir", str(tmp_path), "--dry_run",

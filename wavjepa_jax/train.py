@@ -152,19 +152,33 @@ def _compile(train_step, abstract_state, config, mesh):
     return train_step.lower(abstract_state, audio).compile()
 
 
+def flop_counting_config(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+    """The same step written so that XLA's cost analysis counts all of its model FLOPs: layers
+    unrolled (a while-loop body counts once), attention as XLA ops (a cuDNN kernel counts
+    nothing) and no remat (recomputed work is not model FLOPs: MFU counts the model's)."""
+    counted = ml_collections.ConfigDict(config.to_dict())
+    counted.model.update(scan_layers=False, attention="xla", remat=False)
+    return counted
+
+
+def flops_need_own_compile(config: ml_collections.ConfigDict) -> bool:
+    """Whether the step as configured hides FLOPs from XLA's count (flop_counting_config)."""
+    model = config.model
+    return bool(model.scan_layers or model.remat or model.get("attention", "auto") != "xla")
+
+
 def _dry_run(config, workdir, mesh, train_step, abstract_state, is_chief) -> dict:
     """Compile the step; report params, FLOPs and per-device memory; write DIR/summary.json.
 
-    XLA's cost analysis counts a while-loop body once, so with scanned layers the FLOPs are taken
-    from an otherwise identical step with the layers unrolled.
+    The FLOPs are counted on `flop_counting_config(config)` when the step as configured hides
+    some from XLA's cost analysis (scanned layers, cuDNN attention, remat).
     """
     compiled = _compile(train_step, abstract_state, config, mesh)
     summary = compiled_summary(compiled, config, abstract_state)
-    if config.model.scan_layers:
-        unrolled = ml_collections.ConfigDict(config.to_dict())
-        unrolled.model.scan_layers = False
-        *_, abstract, step = build(unrolled, mesh)
-        flops = compiled_summary(_compile(step, abstract, unrolled, mesh), unrolled, abstract)
+    if flops_need_own_compile(config):
+        counted = flop_counting_config(config)
+        *_, abstract, step = build(counted, mesh)
+        flops = compiled_summary(_compile(step, abstract, counted, mesh), counted, abstract)
         summary.update(flops_per_step=flops["flops_per_step"],
                        flops_per_crop=flops["flops_per_crop"])
     if is_chief:
