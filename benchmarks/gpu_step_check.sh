@@ -19,10 +19,9 @@
 # with the release's torch.compile, so all seven overrun one 10-minute device call: split them).
 # Defaults: configs/base.py, 256 crops, bfloat16 (the release's per-GPU batch). Each part writes
 # OUT_DIR/<part>.txt; a failed part is reported and the next one still runs, and the exit status
-# says whether any failed. FLOPS_PER_CROP=N gives the FLOP count for MFU (XLA counts no cuDNN
-# kernel, so the count of the xla-attention step is the one to use: 130.3e9 for base; without it
-# each part counts its own, which costs an unrolled compile); RELEASE_COMPILE=0 times the release
-# eagerly. `FLOPS_PER_CROP=1 bash ... configs/tiny.py 8 float32` checks the script on a CPU.
+# says whether any failed. FLOPS_PER_CROP=N gives the FLOP count for MFU (130.3e9 for base;
+# without it each part counts its own model FLOPs, which costs one more compile of the step
+# unrolled, with XLA attention, no remat); RELEASE_COMPILE=0 times the release eagerly. `FLOPS_PER_CROP=1 bash ... configs/tiny.py 8 float32` checks the script on a CPU.
 set -uo pipefail
 
 if [[ $# -lt 2 ]]; then

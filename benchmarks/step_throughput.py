@@ -6,8 +6,9 @@ r"""Training-step throughput: the step exactly as `train.py` builds it, timed on
 
 Prints one table: device, crops per step, compile time, step time (median of --steps timed steps
 after --warmup), audio-s/s, FLOPs per crop (XLA's count of the model FLOPs: layers unrolled, XLA
-attention, no remat, as `train --dry-run`), achieved TFLOP/s, MFU against the peak (--peak-tflops, or the dense bf16 peak
-of a known device), and the compiled step's memory per device. `--profile DIR` adds a
+attention, no remat, as `train --dry-run`), achieved TFLOP/s, MFU against the peak
+(--peak-tflops, or the dense bf16 peak of a known device), and the compiled step's memory per
+device. `--profile DIR` adds a
 jax.profiler trace of a few steps and a second table: device time per step by model component
 (the named scopes of the step: masking, augment, frontend, context_encoder, predictor,
 target_encoder, loss, optimizer, ema; forward vs backward), the same time by kind of kernel
@@ -301,8 +302,8 @@ def main() -> None:
     parser.add_argument("--no-flops", action="store_true",
                         help="Skip the extra compile that counts FLOPs (slow for big models).")
     parser.add_argument("--flops-per-crop", type=float, default=None,
-                        help="FLOPs per crop for MFU instead of counting them (XLA does not "
-                             "count cuDNN's attention kernels: give the xla-attention count).")
+                        help="FLOPs per crop for MFU instead of counting them (saves the "
+                             "counting compile, e.g. with a count made before).")
     parser.add_argument("--max-batch", action="store_true",
                         help="Also find the largest batch whose compiled step fits in memory.")
     parser.add_argument("--memory-gib", type=float, default=None,
