@@ -100,9 +100,16 @@ def _bad_shard(shards: list[str], error: Exception) -> str:
 
 
 def list_audio_files(folder: str) -> list[str]:
-    """Every audio file under `folder`, recursively, in a fixed (sorted) order."""
-    found = []
-    for root, dirs, files in os.walk(folder):
+    """Every audio file under `folder`, recursively, in a fixed (sorted) order. Linked folders
+    are followed (a corpus assembled from links to other folders is read whole), each real
+    folder once, so a link back up the tree cannot loop."""
+    found, seen = [], set()
+    for root, dirs, files in os.walk(folder, followlinks=True):
+        real = os.path.realpath(root)
+        if real in seen:
+            dirs.clear()
+            continue
+        seen.add(real)
         dirs.sort()
         found.extend(os.path.join(root, name) for name in sorted(files)
                      if name.lower().endswith(audio.AUDIO_EXTENSIONS))
