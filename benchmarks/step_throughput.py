@@ -68,15 +68,6 @@ def peak_tflops(device, given: float | None) -> float | None:
     return next((v for k, v in PEAK_TFLOPS.items() if k.lower() in kind.lower()), None)
 
 
-def model_flops_per_crop(config, mesh) -> float | None:
-    """Model FLOPs per crop, counted by XLA on train.flop_counting_config (layers unrolled, XLA
-    attention, no remat), as `train --dry-run` reports them."""
-    counted = train.flop_counting_config(config)
-    built = train.build(counted, mesh)
-    compiled = train._compile(built.train_step, built.abstract_state, counted, mesh)
-    return train.compiled_summary(compiled, counted, built.abstract_state)["flops_per_crop"]
-
-
 def compiled_memory(config, mesh, batch_size: int) -> int:
     """Bytes per device of the compiled step at `batch_size` (XLA's buffer assignment)."""
     trial = ml_collections.ConfigDict(config.to_dict())
@@ -331,7 +322,7 @@ def main() -> None:
         compile_s = time.perf_counter() - started
         summary = train.compiled_summary(compiled, config, built.abstract_state)
         flops = args.flops_per_crop or (None if args.no_flops
-                                        else model_flops_per_crop(config, mesh))
+                                        else train.model_flops(config, mesh)["flops_per_crop"])
         state = create_train_state(built.model, config, built.optimizer, built.shardings)
         audio = jax.device_put(
             np.random.default_rng(0).standard_normal(

@@ -167,6 +167,15 @@ def flops_need_own_compile(config: ml_collections.ConfigDict) -> bool:
     return bool(model.scan_layers or model.remat or model.get("attention", "auto") != "xla")
 
 
+def model_flops(config: ml_collections.ConfigDict, mesh) -> dict:
+    """{"flops_per_step", "flops_per_crop"} of the step, counted by XLA on
+    `flop_counting_config(config)` (one more compile)."""
+    counted = flop_counting_config(config)
+    *_, abstract, step = build(counted, mesh)
+    summary = compiled_summary(_compile(step, abstract, counted, mesh), counted, abstract)
+    return {key: summary[key] for key in ("flops_per_step", "flops_per_crop")}
+
+
 def _dry_run(config, workdir, mesh, train_step, abstract_state, is_chief) -> dict:
     """Compile the step; report params, FLOPs and per-device memory; write DIR/summary.json.
 
@@ -176,11 +185,7 @@ def _dry_run(config, workdir, mesh, train_step, abstract_state, is_chief) -> dic
     compiled = _compile(train_step, abstract_state, config, mesh)
     summary = compiled_summary(compiled, config, abstract_state)
     if flops_need_own_compile(config):
-        counted = flop_counting_config(config)
-        *_, abstract, step = build(counted, mesh)
-        flops = compiled_summary(_compile(step, abstract, counted, mesh), counted, abstract)
-        summary.update(flops_per_step=flops["flops_per_step"],
-                       flops_per_crop=flops["flops_per_crop"])
+        summary.update(model_flops(config, mesh))
     if is_chief:
         (epath.Path(workdir) / "summary.json").write_text(json.dumps(summary, indent=2))
         print(json.dumps(summary, indent=2))
