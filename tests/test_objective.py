@@ -560,3 +560,59 @@ def test_statistics_term_regresses_each_crops_log_mel_means_and_stds_from_its_po
     for name in ("statistics_head", "encoder", "frontend"):
         assert optax_norm(grads[0][name]) > 0, name
     assert optax_norm(grads[0]["predictor"]) == 0 and optax_norm(grads[1]) == 0
+
+
+def test_partner_loss_scores_each_crop_against_its_clips_other_crops_centred_over_the_batch():
+    targets = jnp.array([[1.0, 0.0, 5.0], [0.0, 1.0, 5.0], [-1.0, 0.0, 5.0], [0.0, -1.0, 5.0]])
+    # Centred over the batch the shared 5 goes; each crop's partner is the other crop of its clip.
+    partner = jnp.array([[0.0, 1.0, 0.0], [1.0, 0.0, 0.0], [0.0, -1.0, 0.0], [-1.0, 0.0, 0.0]])
+    assert float(objective.partner_loss(3.0 * partner, targets, 2)) == pytest.approx(0.0, abs=1e-6)
+    assert float(objective.partner_loss(-partner, targets, 2)) == pytest.approx(4.0, abs=1e-6)
+    # A crop predicting its own target is orthogonal to its partner's here: 2 - 2 cos = 2.
+    assert float(objective.partner_loss(targets - 5.0 * jnp.array([0, 0, 1.0]), targets, 2)
+                 ) == pytest.approx(2.0, abs=1e-6)
+    # With 4 crops per clip the partners' targets are averaged (three of them).
+    four = jnp.array([[1.0, 0.0], [1.0, 0.0], [0.0, 1.0], [0.0, 1.0],
+                      [-1.0, 0.0], [-1.0, 0.0], [0.0, -1.0], [0.0, -1.0]])
+    mean_of_others = (jnp.sum(four.reshape(2, 4, 2), 1, keepdims=True) - four.reshape(2, 4, 2)) / 3
+    assert float(objective.partner_loss(mean_of_others.reshape(8, 2), four, 4)
+                 ) == pytest.approx(0.0, abs=1e-6)
+
+
+def test_partner_term_predicts_through_its_head_from_pooled_context_and_trains_it():
+    model, params = tiny_model_with(partner_predictor=32)
+    masks = masking.sample_masks(jax.random.PRNGKey(1), 4, 200, configuration.mask_config())
+    audio = jax.random.normal(jax.random.PRNGKey(2), (4, SAMPLES))
+    target = jax.tree.map(lambda x: x * 1.1, params["encoder"])
+    term = objective.ClipTerm(crops_per_clip=2)
+
+    def loss(p, weight):
+        return objective.wavjepa_loss(model, p, target, audio, masks, top_k=2,
+                                      target_norm="example", clip=term, partner_weight=weight)
+
+    plain, out = loss(params, 0.0), loss(params, 0.5)
+    predicted = model.partner_head.apply({"params": params["partner_head"]},
+                                         objective.pooled(out.context_features,
+                                                          masks.context_valid))
+    expected = objective.partner_loss(predicted, jnp.mean(out.targets, 1), 2)
+    assert predicted.shape == (4, out.targets.shape[-1])
+    assert float(out.partner_loss) == pytest.approx(float(expected), rel=1e-5)
+    assert float(out.loss) == pytest.approx(float(plain.loss) + 0.5 * float(expected), rel=1e-5)
+    grads = jax.grad(lambda p: loss(p, 0.5).loss)(params)
+    assert float(jnp.abs(grads["partner_head"]["out"]["kernel"]).sum()) > 0
+    assert float(plain.partner_loss) == 0.0
+
+
+@pytest.mark.parametrize("fields, match", [
+    (dict(loss={"partner_weight": 1.0}), "needs its head"),
+    (dict(model={"partner_predictor": 64}), "needs its head"),
+    (dict(loss={"partner_weight": 1.0}, model={"partner_predictor": 64},
+          data={"crops_per_clip": 1}), "one crop per clip"),
+    (dict(loss={"partner_weight": -1.0}, model={"partner_predictor": 64}), "must be >= 0"),
+])
+def test_partner_term_settings_that_cannot_work_are_refused(fields, match):
+    config = configuration.default_config()
+    for section, values in fields.items():
+        config[section].update(values)
+    with pytest.raises(ValueError, match=match):
+        configuration.validate(config)

@@ -89,6 +89,8 @@ def model_config(size: str = "base") -> ml_collections.ConfigDict:
                                     # many log-mel bands (onsets, attacks; 0: off).
         spectrogram_bands=0,        # > 0: loss.spectrogram_weight's linear head predicts this
                                     # many log-mel bands per frame (trained, never exported).
+        partner_predictor=0,        # > 0: loss.partner_weight's 2-layer MLP (this hidden width;
+                                    # trained, never exported).
         statistics_bands=0,         # > 0: loss.statistics_weight's linear head predicts the
                                     # mean and std of this many log-mel bands per crop.
         dtype="float32",            # Compute dtype; params always stay float32.
@@ -225,7 +227,10 @@ def default_config() -> ml_collections.ConfigDict:
                                    # (implicit feature modification; 0: plain InfoNCE).
         spectrogram_weight=0.0, spectrogram_floor_db=0.0, spectrogram_target="mel",
         spectrogram_mel_weight=0.0, spectrogram_clean_only=False,
-        statistics_weight=0.0))
+        statistics_weight=0.0,
+        partner_weight=0.0))       # > 0: the partner term (objective.partner_loss): each crop's
+                                   # pooled context, through model.partner_predictor's head,
+                                   # predicts its clip's other crops' pooled EMA targets.
 
     # Noise on the context branch's input only (prob 0: off, the release); targets stay clean.
     # Gaussian noise with power ~ 1/f^colour, colour uniform in [0, max_colour], at an SNR drawn
@@ -282,6 +287,21 @@ def validate_channels(config: ml_collections.ConfigDict) -> None:
             if value:
                 raise ValueError(f"{field}={value} is for mono models; the binaural model's "
                                  "robustness comes from data.scene (reverberant scenes)")
+
+
+def validate_partner_term(config: ml_collections.ConfigDict) -> None:
+    """loss.partner_weight needs its head and at least two crops of each clip."""
+    weight = config.loss.get("partner_weight", 0.0)
+    hidden = config.model.get("partner_predictor", 0)
+    if bool(weight) != bool(hidden):
+        raise ValueError(f"loss.partner_weight={weight} and model.partner_predictor={hidden}: "
+                         "the term needs its head, set both or neither")
+    per_clip = config.data.crops_per_clip // config.data.get("crop_groups", 1)
+    if weight and per_clip < 2:
+        raise ValueError(f"loss.partner_weight={weight} predicts a clip's other crops, but "
+                         f"data.crops_per_clip={config.data.crops_per_clip} (crop_groups="
+                         f"{config.data.get('crop_groups', 1)}) leaves one crop per clip: "
+                         "use 2 or more")
 
 
 def validate_pitch_twins(config: ml_collections.ConfigDict) -> None:
@@ -374,7 +394,7 @@ def validate(config: ml_collections.ConfigDict, mesh=None, process_count: int = 
             raise ValueError(f"{field}={config[section][name]} must be in [0, 1]")
     for name in ("variance_weight", "covariance_weight", "clip_weight", "clip_contrastive_weight",
                  "spectrogram_weight", "spectrogram_floor_db", "spectrogram_mel_weight",
-                 "statistics_weight"):
+                 "statistics_weight", "partner_weight"):
         if config.loss.get(name, 0.0) < 0:
             raise ValueError(f"loss.{name}={config.loss[name]} must be >= 0")
     if config.loss.get("spectrogram_target", "mel") not in ("mel", "cepstrum"):
@@ -446,6 +466,7 @@ def validate(config: ml_collections.ConfigDict, mesh=None, process_count: int = 
         raise ValueError(f"batch_size={config.batch_size} is not divisible by "
                          f"data.crops_per_clip={config.data.crops_per_clip}")
     validate_pitch_twins(config)
+    validate_partner_term(config)
     for field in ("total_steps", "log_every", "checkpoint.every"):
         value = config[field] if "." not in field else config[field.split(".")[0]][
             field.split(".")[1]]

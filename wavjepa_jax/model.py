@@ -132,11 +132,12 @@ class ClipHead(nn.Module):
     a clip (pitch, words). Training-only: exports hold the front end and encoder alone."""
 
     width: int
+    out_width: int = 0  # 0: `width`
 
     @nn.compact
     def __call__(self, pooled):
         hidden = gelu(dense(self.width, ("embed", "mlp"), "hidden")(pooled))
-        return dense(self.width, ("mlp", "head_out"), "out")(hidden)
+        return dense(self.out_width or self.width, ("mlp", "head_out"), "out")(hidden)
 
 
 class SpectrogramHead(nn.Module):
@@ -188,6 +189,7 @@ class WavJEPA:
     encoder: Encoder
     predictor: Predictor
     clip_head: ClipHead | None = None
+    partner_head: ClipHead | None = None
     spectrogram_head: SpectrogramHead | None = None
     statistics_head: StatisticsHead | None = None
 
@@ -205,6 +207,8 @@ class WavJEPA:
             frontend=frontend, encoder=encoder,
             predictor=Predictor(predictor_stack, out_width=model.encoder_width),
             clip_head=ClipHead(model.clip_projector) if model.get("clip_projector", 0) else None,
+            partner_head=(ClipHead(model.partner_predictor, model.encoder_width)
+                          if model.get("partner_predictor", 0) else None),
             spectrogram_head=(SpectrogramHead(model.spectrogram_bands,
                                               model.get("onset_bands", 0))
                               if model.get("spectrogram_bands", 0) else None),
@@ -214,7 +218,7 @@ class WavJEPA:
 
     def init(self, rng: jax.Array, num_samples: int, num_context: int = 4, num_targets: int = 4):
         """Boxed (logically partitioned) params {'frontend', 'encoder', 'predictor'} (and
-        'clip_head' / 'spectrogram_head' / 'statistics_head' when the model has them; their keys
+        'clip_head' / 'partner_head' / 'spectrogram_head' / 'statistics_head' when the model has them; their keys
         are folded in, so the others do not change).
 
         Use under jax.eval_shape to get shapes and logical axes without allocating anything.
@@ -230,6 +234,9 @@ class WavJEPA:
         if self.clip_head is not None:
             params["clip_head"] = self.clip_head.init(
                 jax.random.fold_in(rng, 3), jnp.zeros((1, width), jnp.float32))["params"]
+        if self.partner_head is not None:
+            params["partner_head"] = self.partner_head.init(
+                jax.random.fold_in(rng, 6), jnp.zeros((1, width), jnp.float32))["params"]
         if self.spectrogram_head is not None:
             params["spectrogram_head"] = self.spectrogram_head.init(
                 jax.random.fold_in(rng, 4), jnp.zeros((1, 1, width), jnp.float32))["params"]

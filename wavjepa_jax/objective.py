@@ -183,6 +183,23 @@ def clip_loss(context: jax.Array, valid: jax.Array, crops_per_clip: int, kind: s
     return vicreg
 
 
+def partner_loss(predicted: jax.Array, targets: jax.Array, crops_per_clip: int) -> jax.Array:
+    """The partner term (BYOL-style, no negatives): each crop's prediction [batch, width] (its
+    pooled context outputs through the partner head) against the mean over its clip's other
+    crops of their pooled EMA targets [batch, width], centred over the batch (what every crop
+    shares, such as the position code's mean, is no clip's): 2 - 2 cosine, averaged over crops.
+    What a crop can predict of another window of its clip is what the clip keeps (instrument,
+    voice, room), while nothing pushes apart what differs between clips."""
+    batch = targets.shape[0]
+    targets = targets.astype(jnp.float32)
+    targets = targets - jnp.mean(targets, 0, keepdims=True)
+    partners = (same_clip(batch, crops_per_clip) & ~jnp.eye(batch, dtype=bool)).astype(jnp.float32)
+    partner_targets = partners @ targets / (crops_per_clip - 1)
+    unit = lambda x: x * jax.lax.rsqrt(jnp.sum(jnp.square(x), -1, keepdims=True) + 1e-8)  # noqa: E731
+    cosine = jnp.sum(unit(predicted.astype(jnp.float32)) * unit(partner_targets), -1)
+    return jnp.mean(2.0 - 2.0 * cosine)
+
+
 def standardise_bands(log_mels: jax.Array) -> jax.Array:
     """Each band minus its batch mean over all frames, over its batch std: [batch, frames, bands].
     Per band, not per clip, so a clip's spectral shape (timbre, speaker) stays in the target."""
@@ -347,6 +364,7 @@ class LossOutputs(NamedTuple):
     clip_loss: jax.Array
     spectrogram_loss: jax.Array
     statistics_loss: jax.Array
+    partner_loss: jax.Array
     context_features: jax.Array  # [batch, context, width], after the encoder's final norm
     targets: jax.Array           # [batch, frames, width]
 
@@ -382,7 +400,8 @@ def wavjepa_loss(model: WavJEPA, params, target_params, audio, masks: Masks, *,
                  target_centering: str = "none", variance_weight: float = 0.0,
                  covariance_weight: float = 0.0, clip: ClipTerm = ClipTerm(),
                  spectrogram: SpectrogramTerm = SpectrogramTerm(),
-                 statistics_weight: float = 0.0, context_audio=None) -> LossOutputs:
+                 statistics_weight: float = 0.0, partner_weight: float = 0.0,
+                 context_audio=None) -> LossOutputs:
     """The training loss for a batch of crops `audio` [batch, samples] and their masks.
 
     target_frontend_params: None (the release) feeds the target encoder the online front end's
@@ -390,6 +409,8 @@ def wavjepa_loss(model: WavJEPA, params, target_params, audio, masks: Masks, *,
     context_audio: what the context branch reads (default `audio`); the targets always come from
     `audio`, through the online front end under stop_gradient or the EMA front end.
     statistics_weight: the weight of `context_statistics_loss` (needs model.statistics_head).
+    partner_weight: the weight of `partner_loss` (needs model.partner_head; the partners are the
+    crops `clip` counts as one clip's).
     """
     # Named scopes label the profile (benchmarks/step_throughput.py --profile) by component.
     with jax.named_scope("frontend"):
@@ -434,12 +455,18 @@ def wavjepa_loss(model: WavJEPA, params, target_params, audio, masks: Masks, *,
         statistics_error = (context_statistics_loss(model, params, audio, context, masks,
                                                     tokens.shape[1], spectrogram.floor_db)
                             if statistics_weight else 0.0)
+        partner_error = (partner_loss(
+            model.partner_head.apply({"params": params["partner_head"]},
+                                     pooled(context, masks.context_valid)),
+            jnp.mean(targets.astype(jnp.float32), 1), clip.crops_per_clip)
+            if partner_weight else 0.0)
         loss = (predicted + variance_weight * variance + covariance_weight * covariance
                 + clip.weight * clip_error + spectrogram.weight * spectrogram_error
-                + statistics_weight * statistics_error)
+                + statistics_weight * statistics_error + partner_weight * partner_error)
     as_f32 = lambda x: jnp.asarray(x, jnp.float32)  # noqa: E731
     return LossOutputs(loss, predicted, as_f32(variance), as_f32(covariance), as_f32(clip_error),
-                       as_f32(spectrogram_error), as_f32(statistics_error), context, targets)
+                       as_f32(spectrogram_error), as_f32(statistics_error),
+                       as_f32(partner_error), context, targets)
 
 
 def clip_view_outputs(model: WavJEPA, params, tokens, context, masks: Masks, view: str):

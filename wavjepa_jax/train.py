@@ -63,7 +63,7 @@ def param_summary(params) -> dict:
         "predictor_projections": count_params(
             {k: v for k, v in predictor.items() if k not in ("transformer", "final_norm")}),
     }
-    for head in ("clip_head", "spectrogram_head", "statistics_head"):
+    for head in ("clip_head", "partner_head", "spectrogram_head", "statistics_head"):
         if head in params:
             counts[head] = count_params(params[head])
     counts["trainable_total"] = sum(counts.values())

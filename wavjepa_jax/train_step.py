@@ -68,7 +68,8 @@ def make_train_step(model: WavJEPA, config: ml_collections.ConfigDict,
         covariance_weight=config.loss.covariance_weight,
         clip=objective.ClipTerm.from_config(config.loss, config.data),
         spectrogram=objective.SpectrogramTerm.from_config(config.loss),
-        statistics_weight=config.loss.get("statistics_weight", 0.0))
+        statistics_weight=config.loss.get("statistics_weight", 0.0),
+        partner_weight=config.loss.get("partner_weight", 0.0))
     noisy_context = config.augment.prob > 0
     pitch_twins = config.augment.get("pitch_twins", False)
 
@@ -138,6 +139,7 @@ def make_train_step(model: WavJEPA, config: ml_collections.ConfigDict,
             "variance_loss": outputs.variance_loss, "covariance_loss": outputs.covariance_loss,
             "clip_loss": outputs.clip_loss, "spectrogram_loss": outputs.spectrogram_loss,
             "statistics_loss": outputs.statistics_loss,
+            "partner_loss": outputs.partner_loss,
             "grad_norm": grad_norm, "ema_decay": decay, "finite": finite,
             "learning_rate": learning_rate(count),
             "bad_steps": new_state.bad_steps, "skipped_steps": new_state.skipped_steps,
