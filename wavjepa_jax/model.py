@@ -218,8 +218,8 @@ class WavJEPA:
 
     def init(self, rng: jax.Array, num_samples: int, num_context: int = 4, num_targets: int = 4):
         """Boxed (logically partitioned) params {'frontend', 'encoder', 'predictor'} (and
-        'clip_head' / 'partner_head' / 'spectrogram_head' / 'statistics_head' when the model has them; their keys
-        are folded in, so the others do not change).
+        'clip_head' / 'partner_head' / 'spectrogram_head' / 'statistics_head' when the model has
+        them; their keys are folded in, so the others do not change).
 
         Use under jax.eval_shape to get shapes and logical axes without allocating anything.
         """

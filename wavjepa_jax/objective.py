@@ -118,6 +118,11 @@ def pooled(features: jax.Array, valid: jax.Array) -> jax.Array:
     return jnp.sum(features.astype(jnp.float32) * weight, 1) / jnp.maximum(jnp.sum(weight, 1), 1.0)
 
 
+def unit_rows(x: jax.Array) -> jax.Array:
+    """Each row [..., channels] scaled to unit length (cosine similarities by dot products)."""
+    return x * jax.lax.rsqrt(jnp.sum(jnp.square(x), -1, keepdims=True) + 1e-8)
+
+
 def same_clip(batch: int, crops_per_clip: int) -> jax.Array:
     """[batch, batch] bool: rows i, j are crops of one clip (a clip's crops are adjacent)."""
     clip = jnp.arange(batch) // crops_per_clip
@@ -134,7 +139,7 @@ def clip_contrastive(embeddings: jax.Array, crops_per_clip: int, temperature: fl
     et al. 2021: the closed form of a worst-case perturbation of the embeddings), so pairs that
     are already told apart keep a gradient and features beyond the easiest are learned too."""
     batch = embeddings.shape[0]
-    unit = embeddings * jax.lax.rsqrt(jnp.sum(jnp.square(embeddings), -1, keepdims=True) + 1e-8)
+    unit = unit_rows(embeddings)
     similarity = unit @ unit.T
     self_pair = jnp.eye(batch, dtype=bool)
     positive = same_clip(batch, crops_per_clip) & ~self_pair
@@ -195,8 +200,7 @@ def partner_loss(predicted: jax.Array, targets: jax.Array, crops_per_clip: int) 
     targets = targets - jnp.mean(targets, 0, keepdims=True)
     partners = (same_clip(batch, crops_per_clip) & ~jnp.eye(batch, dtype=bool)).astype(jnp.float32)
     partner_targets = partners @ targets / (crops_per_clip - 1)
-    unit = lambda x: x * jax.lax.rsqrt(jnp.sum(jnp.square(x), -1, keepdims=True) + 1e-8)  # noqa: E731
-    cosine = jnp.sum(unit(predicted.astype(jnp.float32)) * unit(partner_targets), -1)
+    cosine = jnp.sum(unit_rows(predicted.astype(jnp.float32)) * unit_rows(partner_targets), -1)
     return jnp.mean(2.0 - 2.0 * cosine)
 
 
