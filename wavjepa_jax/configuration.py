@@ -413,10 +413,11 @@ def validate(config: ml_collections.ConfigDict, mesh=None, process_count: int = 
             raise ValueError(f"loss.clip_weight={config.loss.clip_weight} compares the crops of "
                              f"a clip, but data.crops_per_clip={config.data.crops_per_clip}: "
                              "use 2 or more")
-        if config.data.crops_per_clip < 2 * config.data.get("crop_groups", 1):
+        groups = config.data.get("crop_groups", 1)
+        if config.data.crops_per_clip < 2 * groups:
             raise ValueError(f"loss.clip_weight={config.loss.clip_weight} compares the crops of "
                              f"a group, but data.crops_per_clip={config.data.crops_per_clip} in "
-                             f"data.crop_groups={config.data.crop_groups} leaves one per group")
+                             f"data.crop_groups={groups} leaves one per group")
         if config.loss.get("clip_contrastive_weight", 0.0) and (
                 config.loss.clip_objective != "vicreg"):
             raise ValueError(f"loss.clip_contrastive_weight={config.loss.clip_contrastive_weight}"
