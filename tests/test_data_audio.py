@@ -159,3 +159,26 @@ def test_pcm_to_float_scales_integers():
     np.testing.assert_allclose(audio.pcm_to_float(np.array([16384], np.int64)), [0.5])
     np.testing.assert_allclose(audio.pcm_to_float(np.array([-(2**30)], np.int32)), [-0.5])
     assert audio.pcm_to_float(np.array([0.25], np.float64)).dtype == np.float32
+    # 8-bit WAV is unsigned around 128: silence must stay silence, not become a DC offset.
+    np.testing.assert_allclose(audio.pcm_to_float(np.array([128, 0, 192], np.uint8)),
+                               [0.0, -1.0, 0.5])
+    np.testing.assert_allclose(audio.pcm_to_float(np.array([32768, 49152], np.uint16)), [0, 0.5])
+    np.testing.assert_allclose(audio.pcm_to_float(np.array([-64], np.int8)), [-0.5])
+
+
+def test_resampling_audio_far_above_full_scale_keeps_its_level_without_overflow():
+    wave = np.sin(np.arange(4_410) / 3.0).astype(np.float32)[None]
+    loud = audio.resample(1e37 * wave, 44_100, 16_000)
+    assert np.isfinite(loud).all()
+    np.testing.assert_allclose(loud / 1e37, audio.resample(wave, 44_100, 16_000), atol=1e-5)
+
+
+def test_constant_clips_and_impossible_rates_are_bad_audio():
+    with pytest.raises(audio.BadAudio, match="silent or constant"):
+        audio.check_audio(np.full((1, 1_000), 0.5, np.float32))
+    for rate in (1, 999, 1_000_000):
+        with pytest.raises(audio.BadAudio, match="sample rate"):
+            audio.check_sample_rate(rate)
+    assert audio.check_sample_rate(8_000) == 8_000
+    with pytest.raises(audio.BadAudio, match="no samples"):
+        audio.fit_length(np.zeros((1, 0), np.float32), 16_000, "loop", 4_000)

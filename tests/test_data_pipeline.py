@@ -169,6 +169,28 @@ def test_every_kind_of_bad_input_is_skipped(tmp_path):
     assert [int(batch["skipped_files"]) for batch in batches] == [2, 8, 8]
 
 
+def test_clips_that_mixing_or_resampling_spoil_are_skipped_and_odd_names_read(tmp_path):
+    """A stereo clip whose channels cancel in the mono mix, a constant (DC) clip and a header
+    claiming 1 Hz are skipped; a float clip far above full scale at 44.1 kHz resamples without
+    overflow, and a file name that is not valid UTF-8 reads like any other."""
+    folder = tmp_path / "audio"
+    folder.mkdir()
+    wave = tone(440)
+    soundfile.write(folder / "antiphase.wav", np.stack([wave, -wave], axis=1), RATE)
+    soundfile.write(folder / "dc.wav", np.full(RATE, 0.5), RATE)
+    soundfile.write(folder / "good.wav", tone(440), RATE)
+    soundfile.write(folder / "loud.wav", 1e37 * tone(880, rate=44_100), 44_100, subtype="FLOAT")
+    soundfile.write(folder / "rate1.wav", tone(440), 1)
+    soundfile.write(folder / "latin.wav", tone(1320), RATE)
+    os.rename(os.fsencode(folder / "latin.wav"), os.fsencode(folder) + b"/caf\xe9.wav")
+    config = small_config("folder", str(folder), batch_size=2, shuffle=False)
+    batches = take(make_train_iterator(config), 4)  # One clip per batch: cafe, good, loud, cafe.
+    assert [int(batch["skipped_files"]) for batch in batches] == [1, 1, 0, 2]
+    for batch, frequency in zip(batches, (1320, 440, 880)):
+        check_batch(batch, crops=2)
+        assert abs(peak_frequency(batch["audio"][0]) - frequency) < 8
+
+
 def test_all_bad_files_stop_with_a_clear_error(tmp_path):
     write_bad_files(str(tmp_path))
     config = small_config("folder", str(tmp_path), max_consecutive_skips=5)

@@ -112,6 +112,35 @@ def test_manifest_input_and_report_text(tmp_path, capsys):
     assert "Wrote 1 files" in printed and "skipped 1 files" in printed and "missing.flac" in printed
 
 
+def test_files_spoiled_by_resampling_are_skipped_and_odd_names_are_written(tmp_path):
+    folder = tmp_path / "in"
+    folder.mkdir()
+    noise = 0.1 * np.random.default_rng(0).standard_normal(8_000)
+    soundfile.write(folder / "two_samples.wav", noise[:2], 44_100)    # Hardly any left at 16 kHz.
+    soundfile.write(folder / "rate1.wav", noise, 1)                   # A broken header.
+    soundfile.write(folder / "good.wav", noise, 16_000)
+    os.rename(os.fsencode(folder / "good.wav"), os.fsencode(folder) + b"/caf\xe9.wav")
+    soundfile.write(folder / "loud.wav", 1e37 * np.sin(np.arange(22_050) / 5.0), 44_100,
+                    subtype="FLOAT")
+    report = prepare.main(["--input", str(folder), "--output", str(tmp_path / "out"),
+                           "--shards", "1", "--workers", "1"])
+    assert report.written == 2
+    reasons = {os.path.basename(path): reason for path, reason in report.skipped}
+    assert sorted(reasons) == ["rate1.wav", "two_samples.wav"]
+    assert "1 Hz" in reasons["rate1.wav"] and "BadAudio" in reasons["two_samples.wav"]
+    shards = grain.sources.ArrayRecordDataSource(sources.list_shards(str(tmp_path / "out")))
+    clips = [audio.load_audio(io.BytesIO(records.decode_record(shards[i])[1]))[0]
+             for i in range(len(shards))]
+    assert all(np.isfinite(clip).all() and audio.rms(clip) > 0.1 for clip in clips)
+
+
+def test_a_binary_file_as_manifest_is_a_clear_error(tmp_path):
+    path = tmp_path / "clip.wav"
+    soundfile.write(path, np.full(1_000, 0.5), 16_000)
+    with pytest.raises(ValueError, match="not a UTF-8 text manifest"):
+        sources.read_manifest(str(path))
+
+
 def test_help_works():
     result = subprocess.run([sys.executable, "-m", "wavjepa_jax.data.prepare", "--help"],
                             capture_output=True, text=True, check=True)

@@ -54,10 +54,50 @@ def test_bad_input_is_a_clear_value_error(encoder, bad, message):
         encoder.embed(bad, RATE)
 
 
-@pytest.mark.parametrize("rate", [0, -8_000, 16_000.5, "16k", None])
+@pytest.mark.parametrize("rate", [0, -8_000, 16_000.5, "16k", None, True, float("inf"),
+                                  np.array([16_000])])
 def test_bad_sample_rate_is_a_value_error(encoder, rate):
     with pytest.raises(ValueError, match="sample_rate"):
         encoder.embed(noise(16_000), rate)
+
+
+@pytest.mark.parametrize("rate", [np.int64(16_000), jnp.int32(16_000), 16_000.0])
+def test_sample_rate_may_be_any_integral_scalar(encoder, rate):
+    clip = noise(16_000)
+    np.testing.assert_array_equal(encoder.embed(clip, rate).frames,
+                                  encoder.embed(clip, RATE).frames)
+
+
+def test_a_rank_2_batch_of_mono_clips_is_refused_not_averaged(encoder):
+    """[4, samples] could be 4 mono clips: averaging them into one clip would lose data."""
+    with pytest.raises(ValueError, match=r"batch of mono clips is \[batch, 1, samples\]"):
+        encoder.embed(np.stack([noise(16_000, seed=s) for s in range(4)]), RATE)
+
+
+def test_embed_under_jit_says_to_use_apply(encoder):
+    with pytest.raises(ValueError, match="encoder.apply"):
+        jax.jit(lambda audio: encoder.embed(audio, RATE).frames)(noise(16_000))
+
+
+def test_silent_clip_is_embedded_with_a_warning(encoder, caplog):
+    with caplog.at_level("WARNING", logger="wavjepa_jax.encoder_api"):
+        out = encoder.embed([noise(16_000), np.zeros(16_000, np.float32)], RATE)
+    assert len(out) == 2 and "audio[1] is silent" in caplog.text and "audio[0]" not in caplog.text
+
+
+def test_prepare_gives_the_inputs_embed_encodes(encoder):
+    """Your own jitted code on `prepare`'s batch gets exactly `embed`'s frames."""
+    clips = [noise(50_000, seed=1), noise(8_000, seed=2, channels=2)]
+    prepared = encoder.prepare(clips, RATE)
+    assert prepared.audio.shape == (3, CHUNK) and prepared.valid.shape == (3, 200)
+    np.testing.assert_array_equal(prepared.clip, [0, 0, 1])
+    np.testing.assert_array_equal(prepared.valid.sum(1),
+                                  [200, num_frames(50_000 - CHUNK, encoder.conv_layers),
+                                   num_frames(8_000, encoder.conv_layers)])
+    frames = np.asarray(jax.jit(encoder.apply)(encoder.params, prepared.audio, prepared.valid))
+    for i, expected in enumerate(encoder.embed(clips, RATE)):
+        mine = prepared.clip == i
+        np.testing.assert_allclose(frames[mine][prepared.valid[mine]], expected.frames, atol=2e-5)
 
 
 def test_short_clip_is_one_padded_chunk_with_padded_frames_dropped(encoder):

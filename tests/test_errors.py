@@ -304,11 +304,12 @@ def tone(rng, pitch):
 
 @pytest.fixture(scope="module")
 def bad_clip_dataset(tmp_path_factory):
-    """Two pitch classes (a log-mel probe separates them), with an empty, a NaN and an
-    undecodable clip among them."""
+    """Two pitch classes (a log-mel probe separates them), with an empty, a NaN, a silent and an
+    undecodable clip among them, and a good clip far above full scale at 44.1 kHz in a
+    subfolder of its class."""
     root = tmp_path_factory.mktemp("probe_data")
     rng = np.random.default_rng(0)
-    for split, count in (("train", 12), ("test", 6)):
+    for split, count in (("train", 14), ("test", 6)):
         for name, pitch in (("low", (150, 250)), ("high", (1500, 2500))):
             os.makedirs(root / split / name)
             for i in range(count):
@@ -316,7 +317,11 @@ def bad_clip_dataset(tmp_path_factory):
     soundfile.write(root / "train" / "low" / "empty.wav", np.zeros(0), RATE)
     soundfile.write(root / "train" / "high" / "nan.wav", np.full(8000, np.nan, np.float32), RATE,
                     subtype="FLOAT")
+    soundfile.write(root / "train" / "low" / "silent.wav", np.zeros(8000), RATE)
     (root / "test" / "low" / "garbage.wav").write_bytes(b"RIFF not really a wav file")
+    os.makedirs(root / "test" / "high" / "nested")
+    loud = 1e37 * np.sin(2 * np.pi * 2000 * np.arange(22_050) / 44_100)
+    soundfile.write(root / "test" / "high" / "nested" / "loud.wav", loud, 44_100, subtype="FLOAT")
     return root
 
 
@@ -326,16 +331,18 @@ def test_probe_skips_and_reports_bad_clips(bad_clip_dataset, tmp_path, capsys):
                 "--steps", "100"])
     results = json.loads(out.read_text())
     printed = capsys.readouterr()
-    assert results["num_skipped"] == 3
+    assert results["num_skipped"] == 4
     skipped = {(c["split"], os.path.relpath(c["path"], bad_clip_dataset)): c["reason"]
                for c in results["skipped_clips"]}
     assert set(skipped) == {("train", "train/low/empty.wav"), ("train", "train/high/nan.wav"),
-                            ("test", "test/low/garbage.wav")}
+                            ("train", "train/low/silent.wav"), ("test", "test/low/garbage.wav")}
     assert "empty" in skipped["train", "train/low/empty.wav"]
     assert "NaN" in skipped["train", "train/high/nan.wav"]
-    assert results["num_train"] + results["num_val"] == 24 and results["num_test"] == 12
+    assert "silent" in skipped["train", "train/low/silent.wav"]
+    # The loud clip in a subfolder is found, resampled without overflow and probed.
+    assert results["num_train"] + results["num_val"] == 28 and results["num_test"] == 13
     assert results["test"] >= 0.9
-    assert "skipped 3 clips" in printed.out
+    assert "skipped 4 clips" in printed.out
     assert f"warning: skipping {bad_clip_dataset / 'test' / 'low' / 'garbage.wav'}" in printed.err
     assert os.listdir(tmp_path) == ["results.json"]
 
@@ -346,7 +353,7 @@ def test_probe_stops_past_the_skip_threshold(bad_clip_dataset, tmp_path, capsys)
                     "--out", str(tmp_path / "r.json"), "--max-skipped", "0.05"])
     assert exit_info.value.code == 1
     line = one_error_line(capsys.readouterr().err)
-    assert "2 of the 26 train clips could not be used, more than --max-skipped=0.05" in line
+    assert "2 of the 31 train clips could not be used, more than --max-skipped=0.05" in line
     assert "empty.wav" in line
     assert os.listdir(tmp_path) == []
 

@@ -3,6 +3,7 @@
 import atexit
 import functools
 import json
+import logging
 import os
 import shutil
 import subprocess
@@ -51,6 +52,19 @@ def exported(run_dir, tmp_path_factory):
     out = str(tmp_path_factory.mktemp("exported"))
     export.main(["--workdir", run_dir, "--out", out])
     return out
+
+
+def test_loading_a_training_run_says_to_export_it(run_dir):
+    with pytest.raises(export.ExportError, match="training run's --workdir.*wavjepa_jax.export"):
+        wavjepa_jax.load_encoder(run_dir)
+
+
+def test_export_logs_no_orbax_read_only_notices(run_dir, tmp_path, caplog):
+    with caplog.at_level("INFO"):
+        export.main(["--workdir", run_dir, "--out", str(tmp_path / "out")])
+    warnings = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+    assert not [m for m in warnings if "read only" in m or "read_only" in m], warnings
+    assert any("CheckpointManager created" in r.getMessage() for r in caplog.records)
 
 
 def test_export_holds_the_checkpoint_encoder_and_nothing_else(run_dir, exported):

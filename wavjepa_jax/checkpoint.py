@@ -13,6 +13,7 @@ shardings, so a run saved on one mesh resumes on another. See docs/checkpoints.m
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -271,6 +272,26 @@ def _warn_config_changes(saved: dict, current: dict) -> None:
                     ", ".join(f"{k}: {old!r} -> {new!r}" for k, (old, new) in changed.items()))
 
 
+class _ReadOnlyNotices(logging.Filter):
+    """Drops Orbax's notices that a read-only manager is read-only (logged as warnings through
+    absl on every export, they read like errors)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = str(record.msg)
+        return not (message.startswith("CheckpointManagerOptions.read_only=True")
+                    or message.startswith("Given directory is read only"))
+
+
+@contextlib.contextmanager
+def _without_read_only_notices():
+    absl_logger, notices = logging.getLogger("absl"), _ReadOnlyNotices()
+    absl_logger.addFilter(notices)
+    try:
+        yield
+    finally:
+        absl_logger.removeFilter(notices)
+
+
 def load_state_arrays(workdir: str, step: int | None = None):
     """(step, TrainState as a nested dict of numpy arrays, config dict) from WORKDIR's newest (or
     given) checkpoint, on any machine and device count: for export and inspection."""
@@ -282,8 +303,10 @@ def load_state_arrays(workdir: str, step: int | None = None):
                               "exist (is it a training run's directory?)")
     handlers = {"state": ocp.StandardCheckpointHandler(), "config": ocp.JsonCheckpointHandler(),
                 "data": grain.checkpoint.CheckpointHandler()}
-    options = ocp.CheckpointManagerOptions(create=False, read_only=True)
-    with ocp.CheckpointManager(directory, item_handlers=handlers, options=options) as manager:
+    with _without_read_only_notices():
+        options = ocp.CheckpointManagerOptions(create=False, read_only=True)
+        manager = ocp.CheckpointManager(directory, item_handlers=handlers, options=options)
+    with manager:
         saved = sorted(manager.all_steps())
         if not saved:
             raise CheckpointError(f"no checkpoint in {directory}")

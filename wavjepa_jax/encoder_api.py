@@ -17,7 +17,8 @@ compiles a handful of programs, not one per clip. With `window=False` each clip 
 as one sequence (sin-cos positions extend to any length); GroupNorm sees the whole clip, so it is
 never padded, and each distinct length compiles once.
 
-`apply(params, audio, valid)` is the raw pure function for use inside other JAX models.
+`apply(params, audio, valid)` is the raw pure function for use inside other JAX models, and
+`prepare(audio, sample_rate)` gives the chunk batch `embed` feeds it, for your own jitted code.
 """
 
 from __future__ import annotations
@@ -54,6 +55,10 @@ class Embeddings:
 
 
 def _as_audio_array(clip, what: str) -> np.ndarray:
+    if isinstance(clip, jax.core.Tracer):
+        raise ValueError(f"{what}: embed() prepares audio on the host with NumPy and cannot be "
+                         "traced by jax.jit/grad/vmap; inside traced code call encoder.apply on "
+                         "the arrays encoder.prepare() returns")
     try:
         clip = np.asarray(clip)
     except Exception as e:  # noqa: BLE001 - report any unconvertible input the same way.
@@ -83,6 +88,23 @@ def _as_channels_first(clip: np.ndarray, what: str) -> np.ndarray:
     return clip
 
 
+def _sample_rate(value) -> int:
+    """A positive integral sample rate from a Python, NumPy or JAX scalar (16000, 16000.0,
+    np.int64(16000), jnp.int32(16000)); anything else is a ValueError."""
+    rate = None
+    if not isinstance(value, (bool, np.bool_)):
+        try:
+            array = np.asarray(value)
+        except Exception:  # noqa: BLE001 - reported below like any other bad value.
+            array = None
+        if array is not None and array.ndim == 0 and array.dtype != bool and (
+                np.issubdtype(array.dtype, np.integer) or np.issubdtype(array.dtype, np.floating)):
+            rate = array.item()
+    if rate is None or not np.isfinite(rate) or rate <= 0 or int(rate) != rate:
+        raise ValueError(f"sample_rate must be a positive integer, got {value!r}")
+    return int(rate)
+
+
 def _split_input(audio) -> tuple[list[np.ndarray], str]:
     """-> (clips as [channels, samples], layout): 'single', 'array' (rank-3 batch) or 'list'."""
     if isinstance(audio, (list, tuple)):
@@ -102,6 +124,16 @@ def _split_input(audio) -> tuple[list[np.ndarray], str]:
 def _bucket(n: int, cap: int) -> int:
     """The smallest power of two >= n, at most cap."""
     return min(1 << max(n - 1, 0).bit_length(), cap)
+
+
+@dataclasses.dataclass(frozen=True)
+class Prepared:
+    """Encoder inputs from `AudioEncoder.prepare`: audio [chunks, samples(, channels)],
+    valid [chunks, frames] and the clip index of each chunk."""
+
+    audio: np.ndarray
+    valid: np.ndarray
+    clip: np.ndarray
 
 
 @dataclasses.dataclass
@@ -185,15 +217,8 @@ class AudioEncoder:
         Any sample rate (resampled), any channel count (mixed to mono for a mono front end).
         window: encode in 2.01 s chunks as the release does (default), or each clip whole.
         """
-        clips, layout = _split_input(audio)
-        if isinstance(sample_rate, bool) or not (isinstance(sample_rate, (int, np.integer, float))
-                                                 and sample_rate > 0
-                                                 and int(sample_rate) == sample_rate):
-            raise ValueError(f"sample_rate must be a positive integer, got {sample_rate!r}")
-        names = ["audio"] if layout == "single" else [f"audio[{i}]" for i in range(len(clips))]
-        clips = [self._prepare(clip, int(sample_rate), name) for clip, name in zip(clips, names)]
-        segments = [s for i, c in enumerate(clips) for s in self._segments(c, i, window)]
-        parts: list[list] = [[] for _ in clips]
+        segments, layout, num_clips = self._split_and_cut(audio, sample_rate, window)
+        parts: list[list] = [[] for _ in range(num_clips)]
         for seg, out in zip(segments, self._run(segments)):
             parts[seg.clip].append((seg, out))
         results = []
@@ -218,10 +243,41 @@ class AudioEncoder:
             return np.stack([e.frames.mean(axis=0) for e in out])
         return out.frames.mean(axis=-2)
 
+    def prepare(self, audio, sample_rate: int) -> Prepared:
+        """The encoder inputs `embed` builds, for your own jitted code (fine-tuning, a probe
+        trained end to end): every clip's 2.01 s chunks, prepared as `embed` prepares them, as
+        one batch for `apply(params, prepared.audio, prepared.valid)`.
+
+        audio: one clip, a batch array or a list of clips, as for `embed`. Returns Prepared with
+        audio [chunks, chunk_samples] ([chunks, chunk_samples, channels] for a multi-channel
+        front end), valid [chunks, 200] (False for the last chunk's padded frames) and
+        clip [chunks], the index of the clip each chunk came from (0 for a single clip)."""
+        segments, _, _ = self._split_and_cut(audio, sample_rate, window=True)
+        frames = num_frames(self.chunk_samples, self.conv_layers)
+        chunks = np.stack([seg.samples for seg in segments])
+        valid = np.arange(frames)[None] < np.array([seg.frames for seg in segments])[:, None]
+        chunks = chunks[:, 0] if self.in_channels == 1 else chunks.transpose(0, 2, 1)
+        return Prepared(chunks, valid, np.array([seg.clip for seg in segments], np.int32))
+
     # --- internals ----------------------------------------------------------------------------
+
+    def _split_and_cut(self, audio, sample_rate, window: bool):
+        """(segments of every clip, input layout, number of clips)."""
+        clips, layout = _split_input(audio)
+        sample_rate = _sample_rate(sample_rate)
+        names = ["audio"] if layout == "single" else [f"audio[{i}]" for i in range(len(clips))]
+        clips = [self._prepare(clip, sample_rate, name) for clip, name in zip(clips, names)]
+        segments = [s for i, c in enumerate(clips) for s in self._segments(c, i, window)]
+        return segments, layout, len(clips)
 
     def _prepare(self, clip: np.ndarray, sample_rate: int, what: str = "audio") -> np.ndarray:
         if self.in_channels == 1:
+            if clip.shape[0] > 2:
+                raise ValueError(
+                    f"{what}: shape {clip.shape} reads as one clip of {clip.shape[0]} channels, "
+                    "which a mono encoder would average into one; a batch of mono clips is "
+                    "[batch, 1, samples] or a list of 1-D arrays (mix multi-channel audio to "
+                    "mono yourself if that is what you mean)")
             clip = audio_lib.to_mono(clip)
         else:
             if clip.shape[0] == 1 and not self._warned_mono:
@@ -235,6 +291,9 @@ class AudioEncoder:
             raise ValueError(f"{what}: {samples} samples at sample_rate={sample_rate} last "
                              f"{samples / sample_rate:.3g} s, less than one sample at the "
                              f"encoder's {self.sample_rate} Hz (is sample_rate right?)")
+        if audio_lib.rms(clip) < audio_lib.SILENCE_RMS:
+            log.warning("%s is silent (RMS %.1e): its frames carry the position code, not "
+                        "sound", what, audio_lib.rms(clip))
         # rms() is overflow-safe, so a clip of any finite scale is normalised, not zeroed.
         return audio_lib.rms_normalise(clip, self.rms_dbfs)
 

@@ -310,6 +310,10 @@ def read_config(directory: str) -> dict:
     if not isinstance(config, dict):
         raise ExportError(f"{path}: not a JSON object")
     if config.get("format") != FORMAT:
+        if os.path.isdir(os.path.join(directory, "checkpoints")):  # checkpoint.CHECKPOINTS
+            raise ExportError(
+                f"{directory} is a training run's --workdir, not an exported encoder: export it "
+                f"first (python -m wavjepa_jax.export --workdir {directory} --out DIR) and load DIR")
         raise ValueError(f"{path}: format {config.get('format')!r} is not {FORMAT!r}")
     if config.get("format_version", 0) > FORMAT_VERSION:
         raise ValueError(f"{path}: format_version {config['format_version']} is newer "

@@ -39,7 +39,7 @@ from tqdm import tqdm
 
 from wavjepa_jax import cli, export
 from wavjepa_jax.data import audio as audio_lib
-from wavjepa_jax.data import scenes
+from wavjepa_jax.data import scenes, sources
 from wavjepa_jax.encoder_api import AudioEncoder, load_encoder
 from wavjepa_jax.logmel import LogMelFeatures
 
@@ -60,7 +60,7 @@ class Split:
 
 
 def folder_splits(root: str) -> tuple[Split, Split, list[str]]:
-    """DATA/{train,test}/<class>/* audio files."""
+    """DATA/{train,test}/<class>/ audio files (in any subfolders of a class folder too)."""
     train_dir = os.path.join(root, "train")
     if not os.path.isdir(train_dir) or not os.path.isdir(os.path.join(root, "test")):
         raise ValueError(f"{root!r} needs train/ and test/ folders of <class>/<audio file>")
@@ -75,10 +75,9 @@ def folder_splits(root: str) -> tuple[Split, Split, list[str]]:
             raise ValueError(f"{os.path.join(root, name)} has classes not in train/: {extra}")
         paths, labels = [], []
         for label, cls in enumerate(classes):
-            folder = os.path.join(root, name, cls)
-            files = sorted(f for f in os.listdir(folder) if f.lower().endswith(
-                audio_lib.AUDIO_EXTENSIONS)) if os.path.isdir(folder) else []
-            paths += [os.path.join(folder, f) for f in files]
+            folder = os.path.join(root, name, cls)  # Subfolders too, as the training source.
+            files = sources.list_audio_files(folder) if os.path.isdir(folder) else []
+            paths += files
             labels += [label] * len(files)
         if not paths:
             raise ValueError(f"no audio files under {os.path.join(root, name)}")
@@ -196,7 +195,10 @@ def prepare_clip(featurizer: Featurizer, clip: np.ndarray, rate: int, *,
     one the features see)."""
     if featurizer.in_channels == 1:
         clip = audio_lib.to_mono(clip)
-    clip = audio_lib.resample(clip, rate, featurizer.sample_rate)
+    clip = audio_lib.resample(clip, audio_lib.check_sample_rate(rate), featurizer.sample_rate)
+    if clip.shape[-1] == 0:
+        raise audio_lib.BadAudio(f"no samples left after resampling from {rate} Hz")
+    audio_lib.check_audio(clip)  # Mixing can silence a clip; resampling can overflow a loud one.
     if rooms is not None:
         clip = reverberant(clip, rooms, np.random.default_rng([*noise_seed, 1]))
     if snr_db is not None:
@@ -212,18 +214,16 @@ def usable_clip(featurizer: Featurizer, split: Split, index: int, *,
                 snr_db: float | None = None, seed: int = 0,
                 rooms: scenes.RoomBank | None = None) -> np.ndarray:
     """Clip `index` of `split` prepared for `featurizer`, or BadAudio (or the decoder's error)
-    saying why it cannot be used: empty, non-finite, or nothing left after resampling."""
+    saying why it cannot be used: empty, non-finite, silent, an impossible sample rate, or
+    nothing left after resampling."""
     clip, rate = split.read(index)
     clip = np.asarray(clip)
     if clip.size == 0:
         raise audio_lib.BadAudio(f"empty audio (shape {clip.shape})")
     if not np.all(np.isfinite(clip)):
         raise audio_lib.BadAudio("audio contains NaN or infinite samples")
-    clip = prepare_clip(featurizer, clip, rate, snr_db=snr_db, noise_seed=[seed, index],
+    return prepare_clip(featurizer, clip, rate, snr_db=snr_db, noise_seed=[seed, index],
                         rooms=rooms)
-    if clip.shape[-1] == 0:
-        raise audio_lib.BadAudio(f"no samples left after resampling from {rate} Hz")
-    return clip
 
 
 def embed_split(featurizer: Featurizer, split: Split, *, batch_clips: int,

@@ -8,6 +8,7 @@ pipeline, `prepare` and the embedding export, so a clip is treated the same way 
 from __future__ import annotations
 
 import io
+import os
 import math
 from typing import BinaryIO
 
@@ -26,9 +27,16 @@ class BadAudio(ValueError):
     """A clip that cannot be trained on: empty, non-finite, silent or of the wrong channel count."""
 
 
+def _soundfile_name(path_or_file):
+    """Paths as bytes, so a file name that is not valid UTF-8 (legal on Linux, held by Python
+    as surrogate escapes) opens like any other; file objects as they are."""
+    return os.fsencode(path_or_file) if isinstance(path_or_file, (str, os.PathLike)) else \
+        path_or_file
+
+
 def load_audio(path_or_file: str | BinaryIO) -> tuple[np.ndarray, int]:
     """The whole file as float32 [channels, samples] and its sample rate."""
-    audio, rate = soundfile.read(path_or_file, dtype="float32", always_2d=True)
+    audio, rate = soundfile.read(_soundfile_name(path_or_file), dtype="float32", always_2d=True)
     return np.ascontiguousarray(audio.T), rate
 
 
@@ -38,7 +46,7 @@ def read_window(path_or_file: str | BinaryIO, seconds: float,
 
     Seeking keeps the cost of long recordings proportional to the window, not the file.
     """
-    with soundfile.SoundFile(path_or_file) as sound:
+    with soundfile.SoundFile(_soundfile_name(path_or_file)) as sound:
         window = math.ceil(seconds * sound.samplerate)
         if sound.frames > window:
             sound.seek(int(rng.integers(0, sound.frames - window + 1)))
@@ -55,11 +63,16 @@ def random_window(audio: np.ndarray, num_samples: int, rng: np.random.Generator)
 
 
 def pcm_to_float(samples: np.ndarray) -> np.ndarray:
-    """Integer PCM to float32 in [-1, 1): int32 as 32-bit, other integers as 16-bit PCM (TFDS's
-    default int64 Audio feature holds 16-bit values). Float input is only cast."""
-    if samples.dtype == np.int32:
-        return (samples / 2.0**31).astype(np.float32)
-    if np.issubdtype(samples.dtype, np.integer):
+    """Integer PCM to float32 in [-1, 1): int8 / int32 at their own width, unsigned PCM (8-bit
+    WAV's uint8, uint16) around its midpoint, int16 and int64 as 16-bit PCM (TFDS's default
+    int64 Audio feature holds 16-bit values). Float input is only cast."""
+    dtype = samples.dtype
+    if np.issubdtype(dtype, np.unsignedinteger):
+        half = 2.0 ** (8 * dtype.itemsize - 1)
+        return ((samples - half) / half).astype(np.float32)
+    if dtype in (np.int8, np.int32):
+        return (samples / 2.0 ** (8 * dtype.itemsize - 1)).astype(np.float32)
+    if np.issubdtype(dtype, np.integer):
         return (samples / 2.0**15).astype(np.float32)
     return samples.astype(np.float32)
 
@@ -71,14 +84,29 @@ def decode_bytes(encoded: bytes, seconds: float,
 
 
 def check_audio(audio: np.ndarray) -> np.ndarray:
-    """Return `audio` if it can be trained on, else raise BadAudio saying why."""
+    """Return `audio` if it can be trained on, else raise BadAudio saying why: empty, NaN or
+    infinite samples, or silent, i.e. no level around each channel's mean (a constant clip, DC
+    alone, standardises to all zeros)."""
     if audio.ndim != 2 or audio.shape[1] == 0:
         raise BadAudio(f"empty audio of shape {audio.shape}")
     if not np.all(np.isfinite(audio)):
         raise BadAudio("audio contains NaN or infinite samples")
-    if rms(audio) < SILENCE_RMS:
-        raise BadAudio(f"audio is silent (RMS {rms(audio):.2e})")
+    level = rms(audio - audio.mean(axis=1, keepdims=True, dtype=np.float64).astype(audio.dtype))
+    if level < SILENCE_RMS:
+        raise BadAudio(f"audio is silent or constant (RMS about its mean {level:.2e})")
     return audio
+
+
+# Sample rates a file may declare: below this, or above the next, it is not audio (a broken
+# header), and resampling it would make a clip of absurd length.
+MIN_SAMPLE_RATE, MAX_SAMPLE_RATE = 1_000, 768_000
+
+
+def check_sample_rate(rate: int) -> int:
+    """Return `rate` if a file may declare it, else raise BadAudio."""
+    if not MIN_SAMPLE_RATE <= rate <= MAX_SAMPLE_RATE:
+        raise BadAudio(f"sample rate {rate} Hz is outside {MIN_SAMPLE_RATE}-{MAX_SAMPLE_RATE} Hz")
+    return rate
 
 
 def rms(audio: np.ndarray) -> float:
@@ -106,11 +134,15 @@ def to_channels(audio: np.ndarray, channels: int) -> np.ndarray:
 
 
 def resample(audio: np.ndarray, from_rate: int, to_rate: int) -> np.ndarray:
-    """Band-limited resampling with soxr (high quality), per channel."""
+    """Band-limited resampling with soxr (high quality), per channel. soxr works at unit peak,
+    so float audio far above full scale (finite, but ~1e37) does not overflow inside it."""
     if from_rate == to_rate:
         return audio
-    resampled = soxr.resample(audio.T, from_rate, to_rate, quality="HQ")
-    return np.ascontiguousarray(resampled.T, dtype=np.float32)
+    peak = float(np.max(np.abs(audio))) if audio.size else 0.0
+    scale = peak if peak > 1.0 else 1.0
+    resampled = soxr.resample(audio.T / np.float32(scale), from_rate, to_rate, quality="HQ")
+    with np.errstate(over="ignore"):  # Overshoot past float32's range: inf, which checks catch.
+        return np.ascontiguousarray(resampled.T * scale, dtype=np.float32)
 
 
 # The release's loudness normalisation of every clip (training crops and downstream audio alike),
@@ -149,6 +181,8 @@ def fit_length(audio: np.ndarray, num_samples: int, short_clip: str, crop_sample
     """
     length = audio.shape[1]
     check_short_clip_mode(short_clip)
+    if length == 0:
+        raise BadAudio("no samples to fit (empty after resampling?)")
     if length >= num_samples:
         return audio[:, :num_samples]
     if short_clip == "loop":

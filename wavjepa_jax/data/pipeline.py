@@ -65,7 +65,8 @@ class ClipToCrops:
         clip, rate = self.source.read(index, rng, self.clip_seconds)
         clip = audio.check_audio(clip)
         clip = audio.to_mono(clip) if channels is None else audio.to_channels(clip, channels)
-        return audio.resample(clip, rate, self.sample_rate)
+        clip = audio.resample(clip, audio.check_sample_rate(rate), self.sample_rate)
+        return audio.check_audio(clip)  # Again: mixing and resampling can silence or empty it.
 
     def __call__(self, index: int, rng: np.random.Generator) -> dict | SkippedClip:
         try:

@@ -46,7 +46,8 @@ def shard_name(shard: int, num_shards: int) -> str:
 
 def inputs_digest(paths: list[str]) -> str:
     """Identifies a shard's inputs, so a resumed run only reuses shards made from the same files."""
-    return hashlib.sha256("\n".join(paths).encode()).hexdigest()
+    # surrogateescape: file names that are not valid UTF-8 hash by their bytes.
+    return hashlib.sha256("\n".join(paths).encode("utf-8", "surrogateescape")).hexdigest()
 
 
 def encode_file(path: str, sample_rate: int) -> tuple[bytes | None, str]:
@@ -54,10 +55,11 @@ def encode_file(path: str, sample_rate: int) -> tuple[bytes | None, str]:
     try:
         clip, rate = audio.load_audio(path)
         clip = audio.check_audio(clip)
+        if sample_rate and audio.check_sample_rate(rate) != sample_rate:
+            clip = audio.check_audio(audio.resample(clip, rate, sample_rate))
+            rate = sample_rate
     except Exception as error:  # Unreadable or unusable files are reported, never fatal.
         return None, f"{type(error).__name__}: {error}"
-    if sample_rate and rate != sample_rate:
-        clip, rate = audio.resample(clip, rate, sample_rate), sample_rate
     peak = float(abs(clip).max())
     if peak > 1.0:  # Integer FLAC cannot hold it; the pipeline RMS-normalises the level anyway.
         clip = clip / peak

@@ -120,8 +120,12 @@ def read_manifest(manifest: str) -> list[str]:
     """Paths listed one per line; blank lines and '#' comments are ignored, relative paths are
     taken relative to the manifest's folder."""
     base = os.path.dirname(os.path.abspath(manifest))
-    with open(manifest, encoding="utf-8") as lines:
-        entries = [line.strip() for line in lines]
+    try:
+        with open(manifest, encoding="utf-8") as lines:
+            entries = [line.strip() for line in lines]
+    except UnicodeDecodeError:
+        raise ValueError(f"{manifest} is not a UTF-8 text manifest of audio paths (an audio "
+                         "file? pass the folder that holds it)") from None
     return [os.path.join(base, entry) for entry in entries if entry and not entry.startswith("#")]
 
 
