@@ -10,6 +10,7 @@ import grain
 import numpy as np
 import pytest
 import soundfile
+from array_record.python.array_record_module import ArrayRecordWriter
 
 from wavjepa_jax import configuration
 from wavjepa_jax.data import audio, make_train_iterator, prepare, records, sources
@@ -132,6 +133,28 @@ def test_files_spoiled_by_resampling_are_skipped_and_odd_names_are_written(tmp_p
     clips = [audio.load_audio(io.BytesIO(records.decode_record(shards[i])[1]))[0]
              for i in range(len(shards))]
     assert all(np.isfinite(clip).all() and audio.rms(clip) > 0.1 for clip in clips)
+
+
+def test_a_skipped_record_is_named_by_the_file_it_came_from(tmp_path, caplog):
+    soundfile.write(tmp_path / "good.wav", 0.1 * np.random.default_rng(0).standard_normal(8_000),
+                    16_000)
+    good, _ = prepare.encode_file(str(tmp_path / "good.wav"), 16_000)
+    bad = records.encode_record({"path": "/corpus/broken.flac", "sample_rate": 16_000,
+                                 "channels": 1, "frames": 8_000, "codec": "flac"}, b"not flac")
+    (tmp_path / "shards").mkdir()
+    writer = ArrayRecordWriter(str(tmp_path / "shards" / prepare.shard_name(0, 1)),
+                               prepare.WRITER_OPTIONS)
+    for record in (bad, good):
+        writer.write(record)
+    writer.close()
+    config = configuration.default_config()
+    config.batch_size = 2
+    config.data.update(source="arrayrecord", path=str(tmp_path / "shards"), shuffle=False,
+                       clip_seconds=0.5, crop_samples=4_000, crops_per_clip=2)
+    with caplog.at_level(logging.WARNING):
+        assert int(next(make_train_iterator(config))["skipped_files"]) == 1
+    assert any("record 0 of the shards" in m and "(from /corpus/broken.flac)" in m
+               for m in caplog.messages), caplog.messages
 
 
 def test_a_binary_file_as_manifest_is_a_clear_error(tmp_path):

@@ -84,7 +84,12 @@ class ArrayRecordSource:
         return audio.decode_bytes(audio_bytes, seconds, rng)
 
     def describe(self, index):
-        return f"record {index} of the shards in {self.directory}"
+        where = f"record {index} of the shards in {self.directory}"
+        try:  # Name the file the record was made from, when its header can still be read.
+            metadata, _ = records.decode_record(self.records[index])
+            return f"{where} (from {metadata['path']})"
+        except Exception:  # noqa: BLE001 - a damaged record is described by its place alone.
+            return where
 
 
 def _bad_shard(shards: list[str], error: Exception) -> str:
