@@ -47,7 +47,9 @@ def train_cli(*args):
 
 def test_train_states_the_same_conventions_and_takes_both_spellings(tmp_path):
     helped = train_cli("--help")
+    assert helped.returncode == 0
     assert "Multi-word flags take '-' or '_' alike" in " ".join(helped.stdout.split())
+    assert "--coordinator_address" in helped.stdout and "--workdir" in helped.stdout
     for spelling in ("--dry-run", "--dry_run"):  # Parsed either way; the config is then refused.
         result = train_cli("--config", "configs/tiny.py", "--workdir", str(tmp_path / "run"),
                            spelling, "--config.total_steps=-5")

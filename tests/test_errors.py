@@ -3,6 +3,7 @@ field or the step (or skips and counts what it can), and creates or changes noth
 asked to (issue 12). docs/errors.md lists the behaviours tested here."""
 
 import json
+import logging
 import os
 import shutil
 import subprocess
@@ -255,6 +256,21 @@ def test_export_of_a_step_not_saved_lists_the_saved_steps(run_dir, tmp_path, cap
     assert os.listdir(tmp_path) == []
 
 
+def test_export_of_an_unreadable_checkpoint_names_it(run_dir, tmp_path, capsys):
+    run = tmp_path / "run"
+    shutil.copytree(run_dir, run)
+    newest = max(int(p) for p in os.listdir(run / "checkpoints") if p.isdigit())
+    data = run / "checkpoints" / str(newest) / "state" / "ocdbt.process_0" / "d"
+    for name in os.listdir(data):
+        os.remove(data / name)
+    with pytest.raises(SystemExit) as exit_info:
+        export.main(["--workdir", str(run), "--out", str(tmp_path / "out")])
+    assert exit_info.value.code == 1
+    assert one_error_line(capsys.readouterr().err).startswith(
+        f"error: checkpoint {newest} in {run}/checkpoints cannot be read (")
+    assert not (tmp_path / "out").exists()
+
+
 def test_debug_keeps_the_traceback(tmp_path):
     with pytest.raises(checkpoint.CheckpointError, match="no checkpoints"):
         export.main(["--workdir", str(tmp_path / "typo"), "--out", str(tmp_path / "o"),
@@ -436,6 +452,20 @@ def _set(config, field, value):
     ({"model.remat_policy": "everything"}, 1, r"model\.remat_policy='everything' must be "),
     ({"loss.spectrogram_mel_weight": 1.0}, 1, r"loss\.spectrogram_mel_weight=1\.0 .* needs "
                                               r"loss\.spectrogram_target='cepstrum'"),
+    ({"checkpoint.keep": 0}, 1, r"checkpoint\.keep=0 must be positive"),
+    ({"max_bad_steps": 0}, 1, r"max_bad_steps=0 must be positive"),
+    ({"data.crops_per_clip": 0}, 1, r"data\.crops_per_clip=0 must be positive"),
+    ({"model.encoder_heads": 0}, 1, r"model\.encoder_heads=0 must be positive"),
+    ({"model.encoder_width": 0}, 1, r"model\.encoder_width=0 must be positive"),
+    ({"model.predictor_depth": 0}, 1, r"model\.predictor_depth=0 must be positive"),
+    ({"model.conv_layers": [[32, 10, 0]]}, 1, r"model\.conv_layers=.* positive \[channels, "),
+    ({"optim.lr": 0.0}, 1, r"optim\.lr=0\.0 must be > 0"),
+    ({"optim.b2": 1.0}, 1, r"optim\.b2=1\.0 must be in \[0, 1\)"),
+    ({"optim.eps": -1e-8}, 1, r"optim\.eps=-1e-08 must be > 0"),
+    ({"optim.clip_norm": 0.0}, 1, r"optim\.clip_norm=0\.0 must be > 0"),
+    ({"optim.warmup_steps": -5}, 1, r"optim\.warmup_steps=-5 must be >= 0"),
+    ({"ema.start": 1.5}, 1, r"ema\.start=1\.5 must be in \[0, 1\]"),
+    ({"ema.anneal_steps": -1}, 1, r"ema\.anneal_steps=-1 must be >= 0"),
 ])
 def test_every_config_error_is_one_validate_call_before_anything_is_built(
         changes, processes, message, tmp_path, monkeypatch):
@@ -464,6 +494,10 @@ def test_every_config_error_is_one_validate_call_before_anything_is_built(
                                   "'no_such_leaf'"),
     (["--config.model.no_such_leaf=3"], "error: --config.model.no_such_leaf: the config has no "
                                         "field 'no_such_leaf'"),
+    (["--config.batch_sise=16"], "error: --config.batch_sise: the config has no field "
+                                 "'batch_sise'; did you mean 'batch_size'?"),
+    (["--config.model.size=base"], "error: --config.model.size only names the preset"),
+    (["--config.checkpoint.keep=0"], "error: checkpoint.keep=0 must be positive"),
 ])
 def test_train_config_errors_are_one_line_and_create_nothing(args, expected, tmp_path):
     result = train_cli(*RUN_FLAGS, "--workdir", str(tmp_path / "run"), *args)
@@ -471,6 +505,18 @@ def test_train_config_errors_are_one_line_and_create_nothing(args, expected, tmp
     assert one_error_line(result.stderr).startswith(expected)
     assert len(result.stderr.strip().splitlines()) == 1, result.stderr
     assert os.listdir(tmp_path) == []
+
+
+def test_examples_without_an_acceptable_mask_are_reported(caplog):
+    config = configuration.default_config()
+    config.batch_size = 16
+    config.mask.update(target_size=150, context_size=20)
+    with caplog.at_level(logging.WARNING, logger="wavjepa_jax.train"):
+        train._warn_if_masks_rejected(config, 7, {"mask_draws_rejected": np.int32(0)})
+        assert not caplog.records
+        train._warn_if_masks_rejected(config, 8, {"mask_draws_rejected": np.int32(5)})
+    assert "step 8: 5 of 16 examples found no acceptable mask in 64 draws" in caplog.text
+    assert "mask.target_size=150, mask.context_size=20" in caplog.text
 
 
 def test_missing_config_file_is_one_line(tmp_path):

@@ -332,6 +332,13 @@ def test_reverberant_test_clips_are_seeded_and_keep_their_level():
     (["--features", "logmel", "--random-init"], "--random-init: only with"),
     ([], "--features encoder needs --encoder"),
     (["--encoder", "DIR", "--init-seed", "3"], "--init-seed: only with --random-init"),
+    (["--features", "logmel", "--batch-size", "0"], "--batch-size=0 must be positive"),
+    (["--features", "logmel", "--steps", "0"], "--steps=0 must be positive"),
+    (["--features", "logmel", "--batch-clips", "0"], "--batch-clips=0 must be positive"),
+    (["--features", "logmel", "--val-fraction", "1.5"], "--val-fraction=1.5 must be in (0, 1)"),
+    (["--features", "logmel", "--max-skipped", "-1"], "--max-skipped=-1.0 must be in [0, 1]"),
+    (["--features", "logmel", "--noise-snr", "abc"], "--noise-snr 'abc' must be comma-separated"),
+    (["--features", "logmel", "--weight-decays", ""], "--weight-decays '' must list one or more"),
 ])
 def test_cli_refuses_options_of_the_other_features(argv, message, tmp_path, capsys):
     with pytest.raises(SystemExit) as exit_info:

@@ -315,8 +315,17 @@ def load_state_arrays(workdir: str, step: int | None = None):
             raise CheckpointError(f"step {step} is not saved in {directory}; saved steps: "
                                   f"{', '.join(map(str, saved))}")
         device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
-        abstract = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device),
-                                manager.item_metadata(step).state)
-        restored = manager.restore(step, args=ocp.args.Composite(
-            state=ocp.args.StandardRestore(abstract), config=ocp.args.JsonRestore()))
+        try:
+            abstract = jax.tree.map(
+                lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device),
+                manager.item_metadata(step).state)
+            restored = manager.restore(step, args=ocp.args.Composite(
+                state=ocp.args.StandardRestore(abstract), config=ocp.args.JsonRestore()))
+        except Exception as error:  # noqa: BLE001 - Orbax / TensorStore errors of many kinds.
+            others = [s for s in saved if s != step]
+            hint = (f"; saved steps: {', '.join(map(str, saved))}: choose an earlier one (e.g. "
+                    f"export --step {others[-1]})" if others else "")
+            reason = " ".join(f"{type(error).__name__}: {error}".split())[:300]
+            raise CheckpointError(f"checkpoint {step} in {directory} cannot be read ({reason})"
+                                  f"{hint}") from error
     return step, jax.device_get(restored.state), restored.config

@@ -17,6 +17,9 @@ from wavjepa_jax.transformer import ATTENTION, REMAT_POLICIES, cudnn_attention_p
 SAMPLE_RATE = 16_000
 CROP_SAMPLES = 32_160  # 2.01 s at 16 kHz -> exactly 200 frames with the release's front end.
 
+# data.source values (wavjepa_jax.data.sources reads each one).
+DATA_SOURCES = ("procedural", "folder", "manifest", "arrayrecord", "tfds")
+
 RELEASE_CONV_LAYERS = ((512, 10, 5),) + ((512, 3, 2),) * 4 + ((512, 2, 2),)
 
 # Transformer sizes. `encoder_*` is the context (and EMA target) encoder, `predictor_*` the
@@ -362,6 +365,8 @@ def validate(config: ml_collections.ConfigDict, mesh=None, process_count: int = 
     """
     from wavjepa_jax import augment, frontend, masking  # Local: configs load without jax.
 
+    validate_sizes(config)
+    validate_optimiser(config)
     num_frames = frontend.num_frames(config.data.crop_samples, config.model.conv_layers)
     if num_frames < 1:
         raise ValueError(f"data.crop_samples={config.data.crop_samples} is shorter than the "
@@ -479,10 +484,57 @@ def validate(config: ml_collections.ConfigDict, mesh=None, process_count: int = 
         check_batch_divisible(config, mesh)
 
 
+def validate_sizes(config: ml_collections.ConfigDict) -> None:
+    """ValueError for a size every later check divides by or builds from: widths, depths,
+    heads, MLP widths, conv layers, crops per clip, checkpoints kept."""
+    model = config.model
+    for prefix in ("encoder", "predictor"):
+        for part in ("width", "depth", "heads", "mlp"):
+            if model[f"{prefix}_{part}"] < 1:
+                raise ValueError(f"model.{prefix}_{part}={model[f'{prefix}_{part}']} must be "
+                                 "positive")
+    if not model.conv_layers or any(len(layer) != 3 or min(layer) < 1
+                                    for layer in model.conv_layers):
+        raise ValueError(f"model.conv_layers={model.conv_layers} must be a non-empty list of "
+                         "positive [channels, kernel, stride] triples")
+    if config.data.crops_per_clip < 1:
+        raise ValueError(f"data.crops_per_clip={config.data.crops_per_clip} must be positive")
+    if config.checkpoint.keep < 1:
+        raise ValueError(f"checkpoint.keep={config.checkpoint.keep} must be positive (the "
+                         "checkpoints kept; 0 would delete every one, the final one included)")
+    if config.max_bad_steps < 1:
+        raise ValueError(f"max_bad_steps={config.max_bad_steps} must be positive")
+
+
+def validate_optimiser(config: ml_collections.ConfigDict) -> None:
+    """ValueError for AdamW, schedule or EMA settings outside their meaningful ranges."""
+    optim, ema = config.optim, config.ema
+    checks = [
+        ("optim.lr", optim.lr, optim.lr > 0, "must be > 0"),
+        ("optim.end_lr", optim.end_lr, optim.end_lr >= 0, "must be >= 0"),
+        ("optim.warmup_steps", optim.warmup_steps, optim.warmup_steps >= 0, "must be >= 0"),
+        ("optim.b1", optim.b1, 0 <= optim.b1 < 1, "must be in [0, 1)"),
+        ("optim.b2", optim.b2, 0 <= optim.b2 < 1, "must be in [0, 1)"),
+        ("optim.eps", optim.eps, optim.eps > 0, "must be > 0"),
+        ("optim.weight_decay", optim.weight_decay, optim.weight_decay >= 0, "must be >= 0"),
+        ("optim.clip_norm", optim.clip_norm, optim.clip_norm > 0,
+         "must be > 0 (the global gradient norm is clipped to it)"),
+        ("ema.start", ema.start, 0 <= ema.start <= 1,
+         "must be in [0, 1] (the EMA decay: 1 keeps the target frozen)"),
+        ("ema.end", ema.end, 0 <= ema.end <= 1, "must be in [0, 1]"),
+        ("ema.anneal_steps", ema.anneal_steps, ema.anneal_steps >= 0, "must be >= 0"),
+    ]
+    for field, value, ok, rule in checks:
+        if not ok:
+            raise ValueError(f"{field}={value} {rule}")
+
+
 def validate_data(data: ml_collections.ConfigDict) -> None:
     """ValueError, naming the field, for `config.data` settings that cannot work."""
     from wavjepa_jax.data import audio
 
+    if data.source not in DATA_SOURCES:
+        raise ValueError(f"data.source={data.source!r} must be one of {DATA_SOURCES}")
     audio.check_short_clip_mode(data.short_clip)
     if not 0.0 <= data.min_crop_audio <= 1.0:
         raise ValueError(f"data.min_crop_audio={data.min_crop_audio} must be in [0, 1]")

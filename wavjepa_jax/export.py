@@ -416,7 +416,9 @@ def main(argv=None) -> None:
     parser.add_argument("--target", action="store_true",
                         help="Export the EMA target encoder instead of the context encoder.")
     args = parser.parse_args(argv)
-    with cli.reported_errors(args.debug):
+    # As a program (python -m): leave without interpreter shutdown after an error line, which
+    # Orbax's pending coroutines would bury under "Event loop is closed" tracebacks.
+    with cli.reported_errors(args.debug, hard_exit=__name__ == "__main__"):
         config = export_run(args.workdir, args.out, args.step,
                             encoder="target" if args.target else "context")
     print(f"exported step {config['source']['step']} of {args.workdir} to {args.out}: "

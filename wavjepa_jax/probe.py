@@ -504,8 +504,35 @@ def main(argv=None) -> None:
                              "counted and listed in the results; more than this fraction of a "
                              "split stops the probe (default 0.1).")
     args = parser.parse_args(argv)
+    check_args(parser, args)
     with cli.reported_errors(args.debug):
         _run(parser, args)
+
+
+def number_list(parser: argparse.ArgumentParser, flag: str, text: str) -> list[float]:
+    """The comma-separated numbers of `flag`, or a usage error naming it."""
+    try:
+        return [float(item) for item in text.split(",") if item.strip()]
+    except ValueError:
+        parser.error(f"{flag} {text!r} must be comma-separated numbers")
+
+
+def check_args(parser: argparse.ArgumentParser, args) -> None:
+    """Usage errors (exit 2) for option values the probe cannot use, before anything runs."""
+    for flag, value in (("--steps", args.steps), ("--batch-size", args.batch_size),
+                        ("--batch-clips", args.batch_clips), ("--hidden", args.hidden)):
+        if value < 1:
+            parser.error(f"{flag}={value} must be positive")
+    if not 0 < args.val_fraction < 1:
+        parser.error(f"--val-fraction={args.val_fraction} must be in (0, 1)")
+    if not 0 <= args.max_skipped <= 1:
+        parser.error(f"--max-skipped={args.max_skipped} must be in [0, 1]")
+    if not args.lr > 0:
+        parser.error(f"--lr={args.lr} must be > 0")
+    args.noise_snrs = number_list(parser, "--noise-snr", args.noise_snr)
+    args.weight_decay_list = number_list(parser, "--weight-decays", args.weight_decays)
+    if not args.weight_decay_list or min(args.weight_decay_list) < 0:
+        parser.error(f"--weight-decays {args.weight_decays!r} must list one or more values >= 0")
 
 
 def _run(parser: argparse.ArgumentParser, args) -> None:
@@ -517,10 +544,10 @@ def _run(parser: argparse.ArgumentParser, args) -> None:
         train, test, classes = folder_splits(args.data)
     results = run_probe(
         featurizer, train, test, classes, head=args.head, hidden=args.hidden,
-        noise_snrs=[float(s) for s in args.noise_snr.split(",") if s.strip()],
+        noise_snrs=args.noise_snrs,
         reverb=args.reverb or bool(args.reverb_rooms), reverb_path=args.reverb_rooms,
         val_fraction=args.val_fraction,
-        weight_decays=[float(w) for w in args.weight_decays.split(",")], steps=args.steps,
+        weight_decays=args.weight_decay_list, steps=args.steps,
         batch_size=args.batch_size, lr=args.lr, batch_clips=args.batch_clips, seed=args.seed,
         max_skipped=args.max_skipped)
     results.update(encoder=args.encoder, data=args.data, random_init=args.random_init)

@@ -19,6 +19,8 @@ import contextlib
 import json
 import logging
 import os
+import re
+import sys
 import time
 from typing import Callable, NamedTuple
 
@@ -30,7 +32,8 @@ import numpy as np
 import optax
 from etils import epath
 
-from wavjepa_jax import checkpoint, cli, configuration, distributed, sharding, xla_flags
+from wavjepa_jax import (checkpoint, cli, configuration, distributed, masking, sharding,
+                         xla_flags)
 from wavjepa_jax.metrics import MetricWriter, Progress
 from wavjepa_jax.model import WavJEPA
 from wavjepa_jax.train_state import (TrainState, create_train_state, ema_update,
@@ -125,18 +128,31 @@ def run(config: ml_collections.ConfigDict, workdir: str, dry_run: bool = False) 
     if "://" not in workdir:
         workdir = os.path.abspath(workdir)  # Orbax needs absolute paths; buckets already are.
     is_chief = jax.process_index() == 0
+    with _workdir_removed_if_left_empty(workdir, is_chief):
+        log.info("mesh %s over %d devices, %d processes", dict(mesh.shape), jax.device_count(),
+                 jax.process_count())
+        training = build(config, mesh)
+        with jax.set_mesh(mesh), nn.logical_axis_rules(sharding.LOGICAL_RULES):
+            if dry_run:
+                return _dry_run(config, workdir, mesh, training.train_step,
+                                training.abstract_state, is_chief)
+            return _train_loop(config, workdir, mesh, training, is_chief)
+
+
+@contextlib.contextmanager
+def _workdir_removed_if_left_empty(workdir: str, is_chief: bool):
+    """Create the workdir (the chief); if the run then fails before writing anything into a
+    directory it created, remove it again, so a refused run leaves nothing behind."""
+    path = epath.Path(workdir)
+    created = is_chief and "://" not in workdir and not path.exists()
     if is_chief:
-        epath.Path(workdir).mkdir(parents=True, exist_ok=True)
-    log.info("mesh %s over %d devices, %d processes", dict(mesh.shape), jax.device_count(),
-             jax.process_count())
-
-    training = build(config, mesh)
-
-    with jax.set_mesh(mesh), nn.logical_axis_rules(sharding.LOGICAL_RULES):
-        if dry_run:
-            return _dry_run(config, workdir, mesh, training.train_step, training.abstract_state,
-                            is_chief)
-        return _train_loop(config, workdir, mesh, training, is_chief)
+        path.mkdir(parents=True, exist_ok=True)
+    try:
+        yield
+    except BaseException:
+        if created and path.is_dir() and not any(path.iterdir()):
+            path.rmdir()
+        raise
 
 
 def batch_shape(config) -> tuple[int, ...]:
@@ -247,6 +263,7 @@ def _train_loop(config, workdir, mesh, training: Training, is_chief):
                 writer.write(done, metrics)
                 if is_chief:
                     print(progress.line(done, metrics), flush=True)
+                    _warn_if_masks_rejected(config, done, metrics)
                 last_log_time, last_log_step = time.time(), done
             stopping = stop.requested or checkpoints.reached_preemption(done)
             checkpoints.save(done, state, data_iter, force=stopping or done == config.total_steps)
@@ -259,6 +276,22 @@ def _train_loop(config, workdir, mesh, training: Training, is_chief):
             _check_finite(config, *previous)
     return {k: np.asarray(v).item() for k, v in jax.device_get(metrics).items()
             if np.ndim(v) == 0}
+
+
+def _warn_if_masks_rejected(config, done, metrics) -> None:
+    """Say so when some examples of the logged step found no acceptable mask (their context is
+    then short): the mask sizes leave too little room beside the target groups."""
+    rejected = int(metrics.get("mask_draws_rejected", 0))
+    if rejected:
+        mask = config.mask
+        sizes = (f"mask.target_size={mask.target_size}, mask.context_size={mask.context_size}"
+                 if mask.mode == "fixed" else f"mask.context_capacity={mask.context_capacity}")
+        log.warning(
+            "step %d: %d of %d examples found no acceptable mask in %d draws, so their context "
+            "holds fewer frames than asked: %d target groups leave too little room for the "
+            "context (%s, mask.target_prob=%g, mask.min_context_ratio=%g); lower the targets' "
+            "sizes or the context's", done, rejected, config.batch_size, masking.MAX_DRAWS,
+            mask.num_target_groups, sizes, mask.target_prob, mask.min_context_ratio)
 
 
 def _check_finite(config, done, metrics) -> None:
@@ -304,9 +337,14 @@ def parse_flags(argv: list[str]) -> list[str]:
     does not load reported as one `error:` line (the traceback with --debug)."""
     from absl import flags
     argv = argv[:1] + cli.normalise_flags(argv[1:], "_")
+    if {"--help", "-h", "--helpshort", "-?"} & set(argv[1:]):
+        # absl's own help exits 1 and leaves out the multi-host flags (wavjepa_jax.distributed).
+        print(usage(), flush=True)
+        raise SystemExit(0)
     try:
         rest = flags.FLAGS(argv)
         flags.FLAGS.config.keys()  # A config file that fails to load fails here.
+        check_fixed_overrides(argv)
         return rest
     except Exception as error:  # noqa: BLE001
         if "--debug" in argv:
@@ -317,11 +355,12 @@ def parse_flags(argv: list[str]) -> list[str]:
 def _flag_error(error: Exception, argv: list[str]) -> str:
     text = " ".join(str(error).split())
     if isinstance(error, (AttributeError, KeyError)):  # ml_collections: an unknown key.
-        key = text.strip("\"'")
+        key, suggestion = _unknown_key(error)
         given = [a.split("=")[0] for a in argv if a.startswith("--config.")
                  and key in a.split("=")[0].split(".")]
-        return (f"{given[0] if given else '--config.' + key}: the config has no field {key!r} "
-                "(see the config file and wavjepa_jax/configuration.py for the fields)")
+        hint = f"; did you mean {suggestion!r}?" if suggestion else ""
+        return (f"{given[0] if given else '--config.' + key}: the config has no field {key!r}"
+                f"{hint} (see the config file and wavjepa_jax/configuration.py for the fields)")
     if "Failed loading config file" in text or "No such file" in text:
         path = next((a.split("=", 1)[1] if "=" in a else argv[i + 1]
                      for i, a in enumerate(argv) if a.split("=")[0] == "--config"
@@ -329,6 +368,37 @@ def _flag_error(error: Exception, argv: list[str]) -> str:
         reason = text.rsplit("]", 1)[-1].strip() if "Errno" in text else text[:300]
         return f"--config {path}: cannot load the config file ({reason})"
     return text[:500]
+
+
+def _unknown_key(error: Exception) -> tuple[str, str | None]:
+    """(the unknown key, ml_collections' closest known one or None) from its (nested) KeyError,
+    whose text is "'key'" plus, for a near miss, a line 'Did you mean "other" instead of ...'."""
+    message = error
+    while isinstance(message, BaseException) and message.args:
+        message = message.args[0]
+    first, _, rest = str(message).partition("\n")
+    match = re.search(r'Did you mean "([^"]+)"', rest)
+    return first.strip().strip("\"'"), match.group(1) if match else None
+
+
+def check_fixed_overrides(argv: list[str]) -> None:
+    """ValueError for overrides of fields that only label how the config was built."""
+    for arg in argv:
+        if arg.split("=")[0] == "--config.model.size":
+            raise ValueError("--config.model.size only names the preset the config file built "
+                             "its model from; overriding it changes nothing: pick the size with "
+                             "the config file (configs/tiny.py, small.py, base.py, large.py) or "
+                             "override the width and depth fields")
+
+
+def usage() -> str:
+    """--help: this program's flags and the multi-host ones (absl's --helpfull lists all)."""
+    from absl import flags
+    return "\n\n".join([
+        __doc__.strip(),
+        "Flags:\n" + flags.FLAGS.module_help(sys.modules[__name__]),
+        "Multi-host (jax.distributed):\n" + flags.FLAGS.module_help(distributed),
+        "Every other absl flag: --helpfull."])
 
 
 def define_flags() -> None:

@@ -16,9 +16,10 @@ import grain
 import ml_collections
 import numpy as np
 
+from wavjepa_jax import configuration
 from wavjepa_jax.data import audio, procedural, records
 
-SOURCES = ("procedural", "folder", "manifest", "arrayrecord", "tfds")
+SOURCES = configuration.DATA_SOURCES
 PROCEDURAL_CLIPS = 1 << 20          # An "epoch" of synthetic clips; any clip index is valid.
 SHARD_SUFFIX = ".array_record"
 
