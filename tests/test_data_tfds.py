@@ -69,6 +69,12 @@ def test_unknown_audio_key_names_the_field(data_dir):
         make_train_iterator(tfds_config(data_dir, tfds_audio_key="audio"))
 
 
+def test_a_non_audio_feature_as_audio_key_is_refused(data_dir):
+    with pytest.raises(ValueError, match=r"tfds_audio_key='frequency' names a feature of shape"):
+        make_train_iterator(tfds_config(data_dir, tfds_audio_key="frequency",
+                                        tfds_sample_rate=8_000))
+
+
 def test_missing_dataset_names_the_fields(tmp_path):
     with pytest.raises(ValueError, match="data.tfds_data_dir"):
         make_train_iterator(tfds_config(str(tmp_path), path="no_such_wavjepa_dataset"))

@@ -33,6 +33,11 @@ class TfdsSource:
         if audio_key not in features:
             raise ValueError(f"data.tfds_audio_key={audio_key!r} is not a feature of {name!r} "
                              f"(features: {sorted(features.keys())})")
+        shape = getattr(features[audio_key], "shape", None)
+        if shape is not None and len(shape) not in (1, 2):
+            raise ValueError(f"data.tfds_audio_key={audio_key!r} names a feature of shape "
+                             f"{tuple(shape)}, not audio ([samples] or [samples, channels]); "
+                             f"features of {name!r}: {sorted(features.keys())}")
         self.sample_rate = sample_rate or getattr(features[audio_key], "sample_rate", None)
         if not self.sample_rate:
             raise ValueError(f"{name!r} does not record the sample rate of {audio_key!r}: "
