@@ -497,6 +497,8 @@ def test_every_config_error_is_one_validate_call_before_anything_is_built(
     (["--config.batch_sise=16"], "error: --config.batch_sise: the config has no field "
                                  "'batch_sise'; did you mean 'batch_size'?"),
     (["--config.model.size=base"], "error: --config.model.size only names the preset"),
+    (["--config.model.conv_layers=[[32,10,5]]"], "error: --config.model.conv_layers: a list "
+                                                 "field cannot be overridden on the command line"),
     (["--config.checkpoint.keep=0"], "error: checkpoint.keep=0 must be positive"),
 ])
 def test_train_config_errors_are_one_line_and_create_nothing(args, expected, tmp_path):

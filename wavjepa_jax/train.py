@@ -361,6 +361,10 @@ def _flag_error(error: Exception, argv: list[str]) -> str:
         hint = f"; did you mean {suggestion!r}?" if suggestion else ""
         return (f"{given[0] if given else '--config.' + key}: the config has no field {key!r}"
                 f"{hint} (see the config file and wavjepa_jax/configuration.py for the fields)")
+    unsupported = re.search(r"field config\.(\S+) is not supported for overriding", text)
+    if unsupported:
+        return (f"--config.{unsupported.group(1)}: a list field cannot be overridden on the "
+                "command line; set it in a config file (configs/cpu.py sets model.conv_layers)")
     if "Failed loading config file" in text or "No such file" in text:
         path = next((a.split("=", 1)[1] if "=" in a else argv[i + 1]
                      for i, a in enumerate(argv) if a.split("=")[0] == "--config"
