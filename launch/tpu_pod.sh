@@ -222,7 +222,9 @@ ensure_slice() {
       printf '+ %s\n' "$(shell_join "${describe[@]}")"
       return
     fi
-    while state="$("${describe[@]}")" && [[ $state != ACTIVE ]]; do
+    while true; do
+      state="$("${describe[@]}")" || die "could not read the state of queued resource $NAME"
+      [[ $state == ACTIVE ]] && break
       case $state in
         FAILED|SUSPENDING|SUSPENDED) die "queued resource $NAME is $state; delete it and retry" ;;
       esac
@@ -287,8 +289,10 @@ start_training() {
   train="\$HOME/$VENV/bin/python -m wavjepa_jax.train \
 $(shell_join --config "$CONFIG" --workdir "$WORKDIR" "${OVERRIDES[@]}")"
   # The job records its exit code (read by `stream_log`) and, for a GCS workdir, keeps a copy of
-  # each worker's log there, since the VM's disk goes with the slice.
-  job="cd \$HOME/$CODE_DIR && $train; code=\$?; echo \$code > \$HOME/$EXIT_FILE"
+  # each worker's log there, since the VM's disk goes with the slice. `trap : TERM` keeps this
+  # bash alive through --stop's SIGTERM to the process group (Python, whose handler it does not
+  # inherit, still gets the signal and saves a checkpoint), so the exit code and log are kept.
+  job="trap : TERM; cd \$HOME/$CODE_DIR && $train; code=\$?; echo \$code > \$HOME/$EXIT_FILE"
   if [[ $WORKDIR == gs://* ]]; then
     job+="; gcloud storage cp --quiet \$HOME/$LOG \
 $(shell_join "${WORKDIR%/}")/logs/tpu_\$(hostname).log || true"
@@ -310,7 +314,7 @@ exit \"\$(cat $EXIT_FILE 2>/dev/null || echo 1)\""
 stop_training() {
   run "${SSH_ALL[@]}" "${GCLOUD_SCOPE[@]}" --command="if [ -f $PID_FILE ]; then \
 pid=\$(cat $PID_FILE); kill -TERM -- -\$pid 2>/dev/null || true; \
-for i in \$(seq 300); do kill -0 \$pid 2>/dev/null || break; sleep 2; done; \
+for i in \$(seq 300); do kill -0 -- -\$pid 2>/dev/null || break; sleep 2; done; \
 kill -KILL -- -\$pid 2>/dev/null || true; fi"
 }
 

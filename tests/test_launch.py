@@ -13,6 +13,7 @@ import shlex
 import shutil
 import stat
 import subprocess
+import time
 import sys
 from pathlib import Path
 
@@ -210,6 +211,39 @@ def test_tpu_dry_run_attach_and_stop(stubs):
     assert "tpu-vm ssh wj --worker=all" in stop[0] and "kill -TERM" in stop[0]
     assert stop[1] == "gcloud compute tpus tpu-vm delete wj --quiet"
     _assert_nothing_called(calls)
+
+
+def _remote_command(printed: str) -> str:
+    return next(w for w in shlex.split(printed) if w.startswith("--command="))[len("--command="):]
+
+
+def test_tpu_stop_lets_training_save_and_keeps_its_exit_code(stubs, tmp_path):
+    """The worker-side start and stop commands, run here: --stop's SIGTERM reaches Python, which
+    finishes its save; the job's bash survives it to record the exit code; stop waits for both."""
+    bin_dir, _ = stubs
+    launch = _commands(_run("tpu_pod.sh", ["--dry-run", "--name", "wj", "--config",
+                                           "configs/tiny.py", "--workdir", "/tmp/w"], bin_dir))
+    stop = _commands(_run("tpu_pod.sh", ["--dry-run", "--name", "wj", "--stop"], bin_dir))
+    home = tmp_path / "home"
+    (home / "wavjepa_jax").mkdir(parents=True)
+    (home / "wavjepa_venv" / "bin").mkdir(parents=True)
+    saved = home / "saved"
+    _write_executable(home / "wavjepa_venv" / "bin" / "python", (
+        "#!/usr/bin/env python3\nimport signal, sys, time\n"
+        "def save(*_):\n    time.sleep(1)\n"
+        f"    open({str(saved)!r}, 'w').close()\n    sys.exit(3)\n"
+        "signal.signal(signal.SIGTERM, save)\ntime.sleep(60)\n"))
+    env = dict(os.environ, HOME=str(home))
+
+    def remote(command):
+        return subprocess.run(["bash", "-c", "set +m; " + command], cwd=home, env=env,
+                              capture_output=True, text=True, timeout=60)
+
+    assert remote(_remote_command(_only(launch, "wavjepa_jax.train"))).returncode == 0
+    time.sleep(1)
+    assert remote(_remote_command(stop[0])).returncode == 0
+    assert saved.exists()                                          # The save was not cut short.
+    assert (home / "wavjepa_train.exit_code").read_text().strip() == "3"
 
 
 # --- Slurm --------------------------------------------------------------------------------------
