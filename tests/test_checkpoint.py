@@ -169,7 +169,7 @@ def test_sigterm_saves_and_exits_cleanly(interrupted):
     stopped, killed = interrupted["stopped"], interrupted["killed"]
     assert stopped.returncode == 0, stopped.stderr[-5000:]
     assert interrupted["seconds"] < 20, f"took {interrupted['seconds']:.1f} s to stop"
-    assert "stop requested (SIGTERM or preemption): saved step" in stopped.stderr
+    assert "stop requested (SIGTERM, Ctrl-C or preemption): saved step" in stopped.stderr
     saved = int(stopped.stderr.split("saved step ")[1].split()[0])
     assert 10 <= saved < 14
     assert f"resumed from step {saved}" in killed.stderr
@@ -272,3 +272,24 @@ def test_damaged_newest_checkpoint_falls_back(env, reference, tmp_path):
     assert sorted(metrics_rows(tmp_path)) == list(range(16, TOTAL_STEPS + 1))
     assert_same_steps(tmp_path, reference["workdir"], range(16, TOTAL_STEPS + 1))
     assert_same_state(tmp_path, reference["workdir"])
+
+
+def test_first_ctrl_c_asks_for_a_save_and_a_second_one_quits():
+    with checkpoint.StopSignal() as stop:
+        os.kill(os.getpid(), signal.SIGINT)
+        time.sleep(0.1)
+        assert stop.requested                          # No KeyboardInterrupt: a save comes first.
+        with pytest.raises(KeyboardInterrupt):
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(0.1)
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
+def test_a_fresh_run_sets_aside_the_old_metrics_and_tensorboard_events(tmp_path):
+    (tmp_path / "metrics.jsonl").write_text('{"step": 5}\n')
+    (tmp_path / "tb").mkdir()
+    (tmp_path / "tb" / "events.out").write_text("old")
+    moved = checkpoint.set_aside_stale_metrics(str(tmp_path))
+    assert moved and not (tmp_path / "metrics.jsonl").exists() and not (tmp_path / "tb").exists()
+    stamp = os.path.basename(moved)[len("metrics-before-"):-len(".jsonl")]
+    assert (tmp_path / f"tb-before-{stamp}" / "events.out").read_text() == "old"

@@ -47,18 +47,23 @@ def write_config(workdir: str, config: ml_collections.ConfigDict) -> None:
 
 def set_aside_stale_metrics(workdir: str) -> str | None:
     """A run that starts fresh (no checkpoint in WORKDIR/checkpoints) over an earlier run's
-    metrics.jsonl moves that file aside to metrics-before-<time>.jsonl, so the new run's steps
-    are not appended to the old one's (1, 2, 3 after 5, 10); returns the new name, else None."""
+    metrics.jsonl moves that file aside to metrics-before-<time>.jsonl, and its TensorBoard
+    events (tb/) to tb-before-<time>/, so the new run's steps are not appended to the old one's
+    (1, 2, 3 after 5, 10); returns the new metrics name, else None."""
     workdir = epath.Path(workdir)
     metrics = workdir / "metrics.jsonl"
     directory = workdir / CHECKPOINTS
     has_steps = directory.is_dir() and any(p.name.isdigit() for p in directory.iterdir())
     if has_steps or not metrics.exists() or not metrics.stat().length:
         return None
-    destination = workdir / time.strftime("metrics-before-%Y%m%d-%H%M%S.jsonl")
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    destination = workdir / f"metrics-before-{stamp}.jsonl"
     metrics.rename(destination)
-    log.warning("%s has no checkpoint, so this run starts at step 0: the earlier run's %s was "
-                "moved to %s (metrics.jsonl holds this run only)", directory, metrics,
+    events = workdir / "tb"
+    if events.is_dir():
+        events.rename(workdir / f"tb-before-{stamp}")
+    log.warning("%s has no checkpoint, so this run starts at step 0: the earlier run's %s (and "
+                "tb/) was moved to %s (metrics.jsonl holds this run only)", directory, metrics,
                 destination)
     return str(destination)
 
@@ -200,28 +205,36 @@ class Checkpointer:
 
 
 class StopSignal:
-    """SIGTERM sets a flag; the training loop checks it after each step, saves and exits cleanly.
+    """SIGTERM or a first Ctrl-C (SIGINT) sets a flag; the training loop checks it after each
+    step, saves and exits cleanly. A second Ctrl-C stops at once (KeyboardInterrupt), unsaved.
 
     Installed only in single-process runs: under jax.distributed the preemption service handles
     SIGTERM itself and makes every host stop at the same step (`Checkpointer.reached_preemption`),
     which a per-host flag could not.
     """
 
+    SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
     def __init__(self):
         self.requested = False
-        self._previous = None
+        self._previous = {}
 
     def __enter__(self) -> StopSignal:
         if jax.process_count() == 1 and threading.current_thread() is threading.main_thread():
-            self._previous = signal.signal(signal.SIGTERM, self._handle)
+            self._previous = {sig: signal.signal(sig, self._handle) for sig in self.SIGNALS}
         return self
 
     def __exit__(self, *exc_info) -> None:
-        if self._previous is not None:
-            signal.signal(signal.SIGTERM, self._previous)
+        for sig, previous in self._previous.items():
+            signal.signal(sig, previous)
 
     def _handle(self, signum, frame) -> None:
-        del signum, frame
+        del frame
+        if signum == signal.SIGINT:
+            if self.requested:
+                raise KeyboardInterrupt
+            log.warning("Ctrl-C: saving after this step, then exiting (Ctrl-C again: quit now, "
+                        "unsaved)")
         self.requested = True
 
 

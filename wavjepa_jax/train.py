@@ -268,8 +268,8 @@ def _train_loop(config, workdir, mesh, training: Training, is_chief):
             stopping = stop.requested or checkpoints.reached_preemption(done)
             checkpoints.save(done, state, data_iter, force=stopping or done == config.total_steps)
             if stopping:
-                log.warning("stop requested (SIGTERM or preemption): saved step %d in %s; "
-                            "exiting. Run the same command again to continue.", done,
+                log.warning("stop requested (SIGTERM, Ctrl-C or preemption): saved step %d in "
+                            "%s; exiting. Run the same command again to continue.", done,
                             checkpoints.directory)
                 break
         if previous is not None:
