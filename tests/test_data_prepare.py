@@ -164,6 +164,16 @@ def test_a_binary_file_as_manifest_is_a_clear_error(tmp_path):
         sources.read_manifest(str(path))
 
 
+def test_a_manifest_of_no_existing_file_is_refused_before_training(tmp_path):
+    soundfile.write(tmp_path / "a.wav", np.full(1_000, 0.5), 16_000)
+    (tmp_path / "list.csv").write_text("path,duration\na.wav,0.06\n")      # Not our format.
+    config = configuration.default_config()
+    config.data.update(source="manifest", path=str(tmp_path / "list.csv"))
+    with pytest.raises(ValueError, match="none of its first 2 entries is a file .* one audio "
+                                         "path per line"):
+        sources.make_source(config.data)
+
+
 def test_help_works():
     result = subprocess.run([sys.executable, "-m", "wavjepa_jax.data.prepare", "--help"],
                             capture_output=True, text=True, check=True)

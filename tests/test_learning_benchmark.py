@@ -56,3 +56,15 @@ def test_learning_benchmark_prints_one_table(tmp_path):
     assert step0["random_init"] is True
     assert step0["reverb_rooms"] == "statistical" and "test_reverb" in step0
     assert (workdir / "learning.md").read_text().count("| tones |") == 3
+
+
+def test_make_corpus_answers_help_without_installing_or_building_anything(tmp_path):
+    script = os.path.join(ROOT, "benchmarks", "learning", "make_corpus.sh")
+    helped = subprocess.run(["bash", script, "--help"], cwd=tmp_path, capture_output=True,
+                            text=True, timeout=30)
+    assert helped.returncode == 0 and "HELD OUT" in helped.stdout
+    assert "make_corpus.sh OUT [HOURS]" in helped.stdout
+    refused = subprocess.run(["bash", script, "--out"], cwd=tmp_path, capture_output=True,
+                             text=True, timeout=30)
+    assert refused.returncode == 2 and "unknown option --out" in refused.stderr
+    assert os.listdir(tmp_path) == []

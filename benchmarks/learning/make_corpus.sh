@@ -22,6 +22,14 @@
 # HELD OUT, never installed or used: asterisk-core-sounds-*, fluid-soundfont-gm, fluid-soundfont-gs,
 # fluidr3mono-gm-soundfont, espeak-ng, mbrola (and voices depending on them).
 set -euo pipefail
+if [[ ${1:-} == -h || ${1:-} == --help ]]; then  # The header above is the help.
+  sed -n '2,/^set -euo/p' "$0" | sed '$d' | sed 's/^# \{0,1\}//'
+  exit 0
+fi
+if [[ ${1:-} == -* ]]; then
+  echo "make_corpus.sh: unknown option $1 (usage: make_corpus.sh OUT [HOURS]; --help)" >&2
+  exit 2
+fi
 OUT=${1:?usage: make_corpus.sh OUT [HOURS]}
 HOURS=${2:-3}
 JOBS=${JOBS:-2}

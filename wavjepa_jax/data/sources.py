@@ -173,7 +173,13 @@ def make_source(data: ml_collections.ConfigDict) -> ClipSource:
         if not os.path.isfile(data.path):
             raise ValueError(f"data.path={data.path!r} is not a manifest file "
                              "(data.source='manifest')")
-        source = FileSource(read_manifest(data.path))
+        paths = read_manifest(data.path)
+        if paths and not any(os.path.isfile(path) for path in paths[:100]):
+            raise ValueError(
+                f"data.path={data.path!r}: none of its first {min(len(paths), 100)} entries is a "
+                f"file (the first reads {paths[0]!r}); a manifest lists one audio path per line, "
+                "relative to the manifest's folder, '#' starting a comment")
+        source = FileSource(paths)
     if not len(source):
         raise ValueError(f"data.path={data.path!r} holds no clips (data.source={data.source!r})")
     return source
