@@ -266,11 +266,11 @@ class AudioEncoder:
         clips, layout = _split_input(audio)
         sample_rate = _sample_rate(sample_rate)
         names = ["audio"] if layout == "single" else [f"audio[{i}]" for i in range(len(clips))]
-        clips = [self._prepare(clip, sample_rate, name) for clip, name in zip(clips, names)]
+        clips = [self._prepare_clip(clip, sample_rate, name) for clip, name in zip(clips, names)]
         segments = [s for i, c in enumerate(clips) for s in self._segments(c, i, window)]
         return segments, layout, len(clips)
 
-    def _prepare(self, clip: np.ndarray, sample_rate: int, what: str = "audio") -> np.ndarray:
+    def _prepare_clip(self, clip: np.ndarray, sample_rate: int, what: str = "audio") -> np.ndarray:
         if self.in_channels == 1:
             if clip.shape[0] > 2:
                 raise ValueError(

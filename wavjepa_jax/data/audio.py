@@ -8,8 +8,8 @@ pipeline, `prepare` and the embedding export, so a clip is treated the same way 
 from __future__ import annotations
 
 import io
-import os
 import math
+import os
 from typing import BinaryIO
 
 import numpy as np
