@@ -293,3 +293,13 @@ def test_a_fresh_run_sets_aside_the_old_metrics_and_tensorboard_events(tmp_path)
     assert moved and not (tmp_path / "metrics.jsonl").exists() and not (tmp_path / "tb").exists()
     stamp = os.path.basename(moved)[len("metrics-before-"):-len(".jsonl")]
     assert (tmp_path / f"tb-before-{stamp}" / "events.out").read_text() == "old"
+
+
+def test_a_checkpoint_missing_its_metadata_is_described_by_the_missing_file(tmp_path):
+    state = tmp_path / "7" / "state"
+    state.mkdir(parents=True)
+    (state / "manifest.ocdbt").write_bytes(b"")
+    error = ValueError("pytree structure error: different types at key path ...")
+    assert checkpoint._failure(tmp_path / "7", error) == "state/_METADATA missing"
+    (state / "_METADATA").write_text("{}")
+    assert checkpoint._failure(tmp_path / "7", error).startswith("ValueError: pytree structure")

@@ -339,8 +339,9 @@ def test_reverberant_test_clips_are_seeded_and_keep_their_level():
     (["--features", "logmel", "--max-skipped", "-1"], "--max-skipped=-1.0 must be in [0, 1]"),
     (["--features", "logmel", "--noise-snr", "abc"], "--noise-snr 'abc' must be comma-separated"),
     (["--features", "logmel", "--weight-decays", ""], "--weight-decays '' must list one or more"),
+    (["--features", "logmel", "--out", "/dev/null/r.json"], "--out /dev/null/r.json: cannot "),
 ])
 def test_cli_refuses_options_of_the_other_features(argv, message, tmp_path, capsys):
     with pytest.raises(SystemExit) as exit_info:
-        probe.main([*argv, "--data", str(tmp_path), "--out", str(tmp_path / "r.json")])
+        probe.main(["--data", str(tmp_path), "--out", str(tmp_path / "r.json"), *argv])
     assert exit_info.value.code == 2 and message in capsys.readouterr().err

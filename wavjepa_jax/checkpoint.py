@@ -121,9 +121,8 @@ class Checkpointer:
                     config=ocp.args.JsonRestore()))
             except Exception as e:  # Any failure to read the step: try the one before.
                 restored, error = None, e
-                log.warning("checkpoint %s cannot be restored (%s: %s); trying an older one",
-                            self.directory / str(step), type(e).__name__,
-                            " ".join(str(e).split())[:500])
+                log.warning("checkpoint %s cannot be restored (%s); trying an older one",
+                            self.directory / str(step), _failure(self.directory / str(step), e))
             if _on_every_process(restored is not None):
                 if failed:
                     log.warning("restored step %d instead of the newer unreadable step(s) %s",
@@ -139,12 +138,11 @@ class Checkpointer:
                     f"the checkpoints {failed} in {self.directory} hold another model than this "
                     f"config ({changed}): resume with the settings they were saved with, or "
                     "train into a new --workdir") from error
-            last = " ".join(str(error).split())
             raise CheckpointError(
                 f"none of the checkpoints {failed} in {self.directory} can be restored (last "
-                f"error: {type(error).__name__}: {last[:300]}{' ...' if len(last) > 300 else ''}"
-                "); if the config does not match them, fix it; if they are damaged, move them "
-                "away to start fresh") from error
+                f"error: {_failure(self.directory / str(failed[-1]), error)}); if the config "
+                "does not match them, fix it; if they are damaged, move them away to start "
+                "fresh") from error
         return None
 
     def _changed_model_fields(self, step: int) -> str:
@@ -250,6 +248,20 @@ def _leaf_shapes(tree) -> dict[str, tuple]:
             for path, leaf in jax.tree_util.tree_leaves_with_path(tree)}
 
 
+# Files every saved train state has (Orbax's OCDBT layout); a step missing one cannot load.
+STATE_FILES = ("_METADATA", "manifest.ocdbt")
+
+
+def _failure(step_dir, error: Exception) -> str:
+    """Why a checkpoint did not load, in one line: its missing files when some are (Orbax then
+    reports an unrelated-looking tree or TensorStore error), else the error itself."""
+    missing = [name for name in STATE_FILES if not (step_dir / "state" / name).exists()]
+    if missing:
+        return f"state/{', state/'.join(missing)} missing"
+    text = " ".join(f"{type(error).__name__}: {error}".split())
+    return text[:300] + (" ..." if len(text) > 300 else "")
+
+
 def _params_mismatch(step_dir, abstract_state) -> str:
     """How the stored params of a checkpoint differ in names or shapes from `abstract_state`'s
     (read from its metadata, no array is read); '' when they agree or cannot be compared."""
@@ -338,7 +350,6 @@ def load_state_arrays(workdir: str, step: int | None = None):
             others = [s for s in saved if s != step]
             hint = (f"; saved steps: {', '.join(map(str, saved))}: choose an earlier one (e.g. "
                     f"export --step {others[-1]})" if others else "")
-            reason = " ".join(f"{type(error).__name__}: {error}".split())[:300]
-            raise CheckpointError(f"checkpoint {step} in {directory} cannot be read ({reason})"
-                                  f"{hint}") from error
+            raise CheckpointError(f"checkpoint {step} in {directory} cannot be read "
+                                  f"({_failure(directory / str(step), error)}){hint}") from error
     return step, jax.device_get(restored.state), restored.config

@@ -529,6 +529,11 @@ def check_args(parser: argparse.ArgumentParser, args) -> None:
         parser.error(f"--max-skipped={args.max_skipped} must be in [0, 1]")
     if not args.lr > 0:
         parser.error(f"--lr={args.lr} must be > 0")
+    folder = os.path.dirname(os.path.abspath(args.out))
+    while not os.path.exists(folder):  # The nearest folder that exists must take the results.
+        folder = os.path.dirname(folder)
+    if os.path.isdir(args.out) or not (os.path.isdir(folder) and os.access(folder, os.W_OK)):
+        parser.error(f"--out {args.out}: cannot write the results there")
     args.noise_snrs = number_list(parser, "--noise-snr", args.noise_snr)
     args.weight_decay_list = number_list(parser, "--weight-decays", args.weight_decays)
     if not args.weight_decay_list or min(args.weight_decay_list) < 0:
