@@ -452,6 +452,9 @@ def _set(config, field, value):
     ({"model.remat_policy": "everything"}, 1, r"model\.remat_policy='everything' must be "),
     ({"loss.spectrogram_mel_weight": 1.0}, 1, r"loss\.spectrogram_mel_weight=1\.0 .* needs "
                                               r"loss\.spectrogram_target='cepstrum'"),
+    ({"loss.clip_weight": 1.0, "data.crops_per_clip": 4}, 1,
+     r"loss\.clip_weight compares the crops of each clip, which must stay on one device: "
+     r"batch_size=16 over the mesh's 8 batch shards is 2 crops per device"),
     ({"checkpoint.keep": 0}, 1, r"checkpoint\.keep=0 must be positive"),
     ({"max_bad_steps": 0}, 1, r"max_bad_steps=0 must be positive"),
     ({"data.crops_per_clip": 0}, 1, r"data\.crops_per_clip=0 must be positive"),

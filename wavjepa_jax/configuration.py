@@ -579,6 +579,25 @@ def check_batch_divisible(config: ml_collections.ConfigDict, mesh) -> None:
     if config.batch_size % ways:
         raise ValueError(f"batch_size={config.batch_size} is not divisible by the mesh's batch "
                          f"axes data x fsdp = {mesh.shape['data']} x {mesh.shape['fsdp']} = {ways}")
+    check_clips_stay_on_a_device(config, ways)
+
+
+def check_clips_stay_on_a_device(config: ml_collections.ConfigDict, ways: int) -> None:
+    """ValueError when a clip-level term (or pitch twins) is on and a device's share of the batch
+    is not whole clips. Those terms find a clip's crops as rows [k * crops_per_clip, ...) of the
+    global batch; each process's rows land on its own devices, and on TPU slices the devices of
+    the batch axes alternate between hosts, so only whole clips per device keep a clip's crops
+    together (otherwise crops of two hosts' clips would be taken for one clip)."""
+    terms = [name for name, on in (("loss.clip_weight", config.loss.clip_weight),
+                                   ("loss.partner_weight", config.loss.get("partner_weight", 0)),
+                                   ("augment.pitch_twins", config.augment.pitch_twins)) if on]
+    per_device = config.batch_size // ways
+    if terms and per_device % config.data.crops_per_clip:
+        raise ValueError(
+            f"{terms[0]} compares the crops of each clip, which must stay on one device: "
+            f"batch_size={config.batch_size} over the mesh's {ways} batch shards is {per_device} "
+            f"crops per device, not a multiple of data.crops_per_clip="
+            f"{config.data.crops_per_clip}; use a larger batch or fewer crops per clip")
 
 
 def check_process_split(config: ml_collections.ConfigDict, process_count: int) -> None:
