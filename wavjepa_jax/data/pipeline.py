@@ -15,9 +15,11 @@ per-record generator is seeded by `config.seed` and the record's position in the
 so the batches are a function of the seed, the host and the step, and differ between epochs.
 The iterator's state (`get_state`/`set_state`) is enough to resume exactly; its layout and the
 batch order depend on `data.num_workers` (each worker batches its own slice), so resume with
-the same value. Crops of one clip stay next to each other in the batch: the loss treats every
-crop as its own example and the masks are per crop, so the order does not matter, and keeping
-them together keeps the layout legible.
+the same value. Crops of one clip stay next to each other in the batch. The JEPA loss and the
+masks treat every crop as its own example; the clip-level terms find a clip's crops as
+consecutive rows of the global batch, which holds as long as each device gets whole clips
+(`configuration.check_clips_stay_on_a_device`: on TPU slices a host's rows are interleaved with
+other hosts' at device granularity).
 """
 
 from __future__ import annotations
