@@ -63,7 +63,10 @@ def train(args, overrides: list[str], total_steps: int, steps: list[int], log_pa
          f"--workdir={run_dir}", "--config.data.source=folder",
          f"--config.data.path={args.corpus}",
          f"--config.checkpoint.every={checkpoint_interval(steps)}",
-         f"--config.checkpoint.keep={len(steps) + 1}", *overrides], log_path)
+         # Every checkpoint of the run is kept: the probed steps are among them, whatever the
+         # interval (0.25 of 8 steps is saved at every 2 steps, 4 checkpoints, not 2 + 1).
+         f"--config.checkpoint.keep={total_steps // checkpoint_interval(steps) + 2}",
+         *overrides], log_path)
     return time.time() - started
 
 
@@ -172,7 +175,12 @@ def main() -> None:
     parser.add_argument("--no-train", action="store_true",
                         help="Probe the checkpoints that exist; do not train.")
     args = parser.parse_args(argv)
-    args.workdir = os.path.abspath(args.workdir)
+    # The training and probe subprocesses run from the repository root: pass them absolute paths
+    # (the config keeps its name as given for the report).
+    config_name = args.config
+    for name in ("workdir", "config", "corpus", "tasks", "reverb_rooms"):
+        if getattr(args, name, None):
+            setattr(args, name, os.path.abspath(getattr(args, name)))
     os.makedirs(os.path.join(args.workdir, "probes"), exist_ok=True)
     log_path = os.path.join(args.workdir, "learning.log")
 
@@ -203,7 +211,7 @@ def main() -> None:
             print(f"{task:>20} {model:>12}: {100 * results[task][model]['test']:.1f}", flush=True)
     snrs = [s.strip() for s in args.snrs.split(",") if s.strip()]
     lines = table(results, list(models), snrs, bool(reverb_flags(args)))
-    report = [f"# Learning benchmark: {args.config} {' '.join(overrides)}", "",
+    report = [f"# Learning benchmark: {config_name} {' '.join(overrides)}", "",
               f"{datetime.date.today()}, {platform.node()}, {os.cpu_count()} CPU cores; "
               f"{total} steps"
               + (f", pretraining {train_seconds / 60:.1f} min" if train_seconds else "")
@@ -213,7 +221,7 @@ def main() -> None:
     with open(os.path.join(args.workdir, "learning.md"), "w") as f:
         f.write("\n".join(report) + "\n")
     with open(os.path.join(args.workdir, "learning.json"), "w") as f:
-        json.dump({"config": args.config, "overrides": overrides, "steps": steps,
+        json.dump({"config": config_name, "overrides": overrides, "steps": steps,
                    "train_seconds": train_seconds, "results": results}, f, indent=1)
 
 

@@ -6,6 +6,7 @@ import pytest
 
 from wavjepa_jax import configuration, export, hear
 from wavjepa_jax.encoder_api import AudioEncoder
+from wavjepa_jax.frontend import num_frames
 
 
 @pytest.fixture(scope="module")
@@ -38,13 +39,32 @@ def test_model_attributes(model):
 def test_timestamp_embeddings_have_the_documented_shapes(model):
     audio = sounds()
     embeddings, timestamps = hear.get_timestamp_embeddings(audio, model)
-    # 2.5 s = 40,000 samples: one full 2.01 s chunk (200 frames) and 7,840 samples (48 frames).
-    assert embeddings.shape == (3, 248, model.timestamp_embedding_size)
+    # 2.5 s = 40,000 samples: a 2.01 s chunk (200 frames), then one from 2.00 s (8,000 samples,
+    # 49 frames): the 249 frames of the whole sound, on one 10 ms grid.
+    assert embeddings.shape == (3, 249, model.timestamp_embedding_size)
     assert embeddings.dtype == np.float32
-    assert timestamps.shape == (3, 248)
+    assert timestamps.shape == (3, 249)
     np.testing.assert_allclose(timestamps[0, :3], [7.5, 17.5, 27.5])   # milliseconds
     np.testing.assert_array_equal(timestamps[0], timestamps[2])
     assert np.all(np.diff(timestamps, axis=1) > 0) and timestamps[0, -1] < 2500
+
+
+def test_timestamps_are_evenly_spaced_across_window_boundaries(model):
+    """hear-validator's check: every step within 1 ms of the mean step, for a 4 s sound that
+    spans two windows; every frame of the sound once, as when it is encoded whole."""
+    embeddings, timestamps = hear.get_timestamp_embeddings(sounds(n=1, seconds=4.0), model)
+    steps = np.diff(timestamps[0])
+    assert timestamps.dtype == np.float32
+    assert np.abs(steps - steps.mean()).max() < 1.0 and abs(steps.mean() - 10.0) < 1e-3
+    assert embeddings.shape[1] == num_frames(64_000, model.encoder.conv_layers)
+
+
+def test_bfloat16_torch_audio_is_read(encoder_dir):
+    import torch
+    model = hear.load_model(encoder_dir, framework="torch")
+    audio = torch.from_numpy(sounds(n=2, seconds=1.0))
+    low = hear.get_scene_embeddings(audio.to(torch.bfloat16), model)
+    assert low.shape == (2, 64) and torch.isfinite(low).all()
 
 
 def test_scene_embeddings_are_the_frame_mean(model):

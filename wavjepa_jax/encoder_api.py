@@ -150,7 +150,7 @@ class AudioEncoder:
     """An encoder (front end + context encoder + final norm) with its parameters."""
 
     def __init__(self, params: dict, config: dict, *, dtype: str | None = None,
-                 max_batch: int = 32):
+                 max_batch: int = 32, window_stride: int | None = None):
         dtype = dtype or "float32"
         if dtype not in DTYPES:
             raise ValueError(f"dtype={dtype!r} must be one of {sorted(DTYPES)}")
@@ -169,6 +169,14 @@ class AudioEncoder:
         self.embedding_size = int(config["model"]["encoder_width"])
         self.frame_rate = self.sample_rate / self.hop
         self.max_batch = max_batch
+        # Where window mode starts each chunk: every chunk_samples (the release: chunks side by
+        # side, a 20 ms step in the frame times at each boundary), or every `frames x hop`
+        # samples (chunks overlapping by one hop: frame times on one even 10 ms grid, as the
+        # HEAR API asks; hear.load_model sets it).
+        self.window_stride = window_stride or self.chunk_samples
+        if not 0 < self.window_stride <= self.chunk_samples:
+            raise ValueError(f"window_stride={window_stride} must be in (0, "
+                             f"{self.chunk_samples}]")
         self._warned_mono = False
         self._forward = jax.jit(self.apply)
 
@@ -306,13 +314,15 @@ class AudioEncoder:
                 samples = np.pad(samples, ((0, 0), (0, self.receptive_field - length)))
             return [_Segment(samples, index, 0, max(frames, 1))]
         segments = []
-        for start in range(0, length, self.chunk_samples):
+        for start in range(0, length, self.window_stride):
             piece = clip[:, start:start + self.chunk_samples]
             frames = num_frames(piece.shape[1], self.conv_layers)
             if not frames and segments:
-                continue  # A tail shorter than one receptive field holds no whole frame.
+                break  # A tail shorter than one receptive field holds no whole frame.
             padded = np.pad(piece, ((0, 0), (0, self.chunk_samples - piece.shape[1])))
             segments.append(_Segment(audio_lib.standardise(padded), index, start, max(frames, 1)))
+            if start + self.chunk_samples >= length:
+                break  # This chunk reached the end (overlapping windows: no chunk after it).
         return segments
 
     def _run(self, segments: list[_Segment]) -> list[np.ndarray]:
@@ -409,7 +419,7 @@ def check_params_fit_config(params: dict, config: dict, directory: str) -> None:
 
 
 def load_encoder(directory: str | os.PathLike, *, dtype: str | None = None,
-                 max_batch: int = 32) -> AudioEncoder:
+                 max_batch: int = 32, window_stride: int | None = None) -> AudioEncoder:
     """An exported encoder (python -m wavjepa_jax.export / convert) ready to embed audio.
 
     dtype: compute dtype ("float32", default, or "bfloat16"); parameters stay float32.
@@ -422,4 +432,5 @@ def load_encoder(directory: str | os.PathLike, *, dtype: str | None = None,
     directory = os.fspath(directory)
     params, config = export.load_exported(directory)
     check_params_fit_config(params, config, directory)
-    return AudioEncoder(params, config, dtype=dtype, max_batch=max_batch)
+    return AudioEncoder(params, config, dtype=dtype, max_batch=max_batch,
+                        window_stride=window_stride)

@@ -7,8 +7,9 @@
     # frames [n_sounds, n_frames, 768], ms [n_sounds, n_frames]
 
 `audio` is float32 [n_sounds, n_samples] at `model.sample_rate` (16 kHz). Embeddings follow the
-release: 2.01 s windows, frame embeddings at 100 Hz, the scene embedding their mean. Timestamps
-are the centre of each frame's receptive field, in milliseconds.
+release: 2.01 s windows, frame embeddings at 100 Hz, the scene embedding their mean; here the
+windows start every 2.00 s (overlapping by one 10 ms hop), so the timestamps, the centre of each
+frame's receptive field in milliseconds (float32), lie on one even 10 ms grid, as the API asks.
 
 hear-eval-kit accepts only torch or TensorFlow modules: `load_model(path, framework="torch")`
 returns a `torch.nn.Module` (needs torch) whose functions return torch tensors, so the kit's
@@ -22,6 +23,7 @@ import os
 import numpy as np
 
 from wavjepa_jax.encoder_api import AudioEncoder, load_encoder
+from wavjepa_jax.frontend import num_frames
 
 ENV_VAR = "WAVJEPA_JAX_ENCODER"
 FRAMEWORKS = ("numpy", "torch")
@@ -67,12 +69,16 @@ def load_model(model_file_path: str = "", framework: str = "numpy") -> HearModel
                          "wavjepa_jax.export or wavjepa_jax.convert): pass model_file_path or "
                          f"set {ENV_VAR}. Nothing is downloaded.")
     encoder = load_encoder(path)
+    # Chunks overlap by one hop, so frame times lie on one even 10 ms grid across chunk
+    # boundaries (the HEAR API asks for regular timestamps; side-by-side chunks step 20 ms there).
+    frames = num_frames(encoder.chunk_samples, encoder.conv_layers)
+    encoder.window_stride = frames * encoder.hop
     return _torch_model(encoder) if framework == "torch" else HearModel(encoder)
 
 
 def _batch(audio, model: HearModel) -> np.ndarray:
-    if hasattr(audio, "detach"):
-        audio = audio.detach().cpu().numpy()
+    if hasattr(audio, "detach"):  # torch, in any float dtype (NumPy has no bfloat16).
+        audio = audio.detach().cpu().float().numpy()
     audio = np.asarray(audio, dtype=np.float32)
     if audio.ndim != 2:
         raise ValueError(f"audio must be [n_sounds, n_samples] at {model.sample_rate} Hz, "
@@ -83,7 +89,7 @@ def _batch(audio, model: HearModel) -> np.ndarray:
 def get_timestamp_embeddings(audio, model: HearModel):
     """([n_sounds, n_frames, timestamp_embedding_size], timestamps [n_sounds, n_frames] in ms)."""
     out = model.encoder.embed(_batch(audio, model), model.sample_rate)
-    return model._output(out.frames), model._output(out.timestamps * 1000.0)
+    return model._output(out.frames), model._output((out.timestamps * 1000.0).astype(np.float32))
 
 
 def get_scene_embeddings(audio, model: HearModel):
