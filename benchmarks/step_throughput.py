@@ -45,7 +45,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
 import cli_args  # noqa: E402
-from wavjepa_jax import configuration, sharding, train, xla_flags  # noqa: E402
+from wavjepa_jax import cli, configuration, sharding, train, xla_flags  # noqa: E402
 from wavjepa_jax.train_state import create_train_state  # noqa: E402
 
 # Dense bf16 peak TFLOP/s per chip (vendor figures, no sparsity).
@@ -285,7 +285,7 @@ def main() -> None:
     parser, argv, overrides = cli_args.parser_and_overrides(
         __doc__, "python benchmarks/step_throughput.py", sys.argv[1:])
     parser.add_argument("--config", required=True)
-    parser.add_argument("--steps", type=int, default=10, help="Timed steps.")
+    parser.add_argument("--steps", type=cli.positive_int, default=10, help="Timed steps.")
     parser.add_argument("--warmup", type=int, default=2, help="Untimed steps after compiling.")
     parser.add_argument("--peak-tflops", type=float, default=None,
                         help="Peak TFLOP/s per device for MFU (default: known devices' bf16).")

@@ -262,3 +262,11 @@ def test_cli_help(capsys):
         convert.main(["--help"])
     assert exit_info.value.code == 0
     assert "--checkpoint" in capsys.readouterr().out
+
+
+def test_position_table_stored_in_bfloat16_is_the_sin_cos_code():
+    table = np.asarray(convert.sincos_embedding(np.arange(200), 64))[None]
+    rounded = torch.from_numpy(table).to(torch.bfloat16).float().numpy()
+    convert.check_positions({"pos_encoding_encoder": rounded}, 64)      # bf16 rounding: accepted
+    with pytest.raises(convert.ConversionError, match="sin-cos"):
+        convert.check_positions({"pos_encoding_encoder": rounded[:, ::-1]}, 64)

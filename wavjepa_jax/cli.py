@@ -42,6 +42,17 @@ def normalise_flags(argv: list[str], joiner: str) -> list[str]:
     return out
 
 
+def positive_int(text: str) -> int:
+    """argparse type: an integer >= 1 (a usage error names the option otherwise)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value} must be positive")
+    return value
+
+
 class ArgumentParser(argparse.ArgumentParser):
     """argparse with this project's conventions: `--debug`, hyphen or underscore spellings of
     every flag, and both stated at the end of --help."""

@@ -198,7 +198,9 @@ def check_positions(state: dict[str, np.ndarray], width: int) -> None:
         return
     table = table.reshape(-1, table.shape[-1])
     ours = np.asarray(sincos_embedding(np.arange(table.shape[0]), width))
-    if table.shape[-1] != width or np.abs(table - ours).max() > 1e-4:
+    # 1e-2: a table stored in bfloat16 (rounding ~4e-3) or computed in float32 at thousands of
+    # positions (angle rounding ~4e-4) is still this code; any other code differs by O(1).
+    if table.shape[-1] != width or np.abs(table - ours).max() > 1e-2:
         raise ConversionError("pos_encoding_encoder differs from the 1-D sin-cos code this "
                               "package adds; the converted encoder would not be equivalent")
 
@@ -280,7 +282,7 @@ def main(argv=None) -> None:
     parser.add_argument("--out", required=True, help="Directory to write the encoder into.")
     parser.add_argument("--conv-strides", default=None,
                         help="Comma-separated conv strides (default: the release's 5,2,2,2,2,2).")
-    parser.add_argument("--heads", type=int, default=None,
+    parser.add_argument("--heads", type=cli.positive_int, default=None,
                         help="Attention heads (default: width / 64, the release's 12 or 16).")
     parser.add_argument("--trust-pickle", action="store_true",
                         help="Allow torch.load(weights_only=False) for checkpoints that pickle "
