@@ -11,13 +11,15 @@ release: 2.01 s windows, frame embeddings at 100 Hz, the scene embedding their m
 windows start every 2.00 s (overlapping by one 10 ms hop), so the timestamps, the centre of each
 frame's receptive field in milliseconds (float32), lie on one even 10 ms grid, as the API asks.
 
-hear-eval-kit accepts only torch or TensorFlow modules: `load_model(path, framework="torch")`
-returns a `torch.nn.Module` (needs torch) whose functions return torch tensors, so the kit's
-embedding runner works unchanged (`--model-options '{"framework": "torch"}'`).
+hear-eval-kit accepts only torch or TensorFlow modules: `load_model(path)` returns a
+`torch.nn.Module` whose functions return torch tensors when torch is installed (the default
+`framework="auto"`; hear-validator and the kit's runner call it so), and NumPy in, NumPy out
+with `framework="numpy"`.
 """
 
 from __future__ import annotations
 
+import importlib.util
 import os
 
 import numpy as np
@@ -26,7 +28,7 @@ from wavjepa_jax.encoder_api import AudioEncoder, load_encoder
 from wavjepa_jax.frontend import num_frames
 
 ENV_VAR = "WAVJEPA_JAX_ENCODER"
-FRAMEWORKS = ("numpy", "torch")
+FRAMEWORKS = ("auto", "numpy", "torch")
 
 
 class HearModel:
@@ -59,10 +61,16 @@ def _torch_model(encoder: AudioEncoder):
     return TorchHearModel(encoder)
 
 
-def load_model(model_file_path: str = "", framework: str = "numpy") -> HearModel:
-    """The exported encoder directory at `model_file_path` (empty: $WAVJEPA_JAX_ENCODER)."""
+def load_model(model_file_path: str = "", framework: str = "auto") -> HearModel:
+    """The exported encoder directory at `model_file_path` (empty: $WAVJEPA_JAX_ENCODER).
+
+    framework: "torch" (a torch.nn.Module returning torch tensors, as the HEAR API and its
+    validator require), "numpy" (NumPy arrays, no torch needed) or "auto" (the default: torch
+    when it is installed, as hear-validator calls load_model(path) with no options)."""
     if framework not in FRAMEWORKS:
         raise ValueError(f"framework={framework!r} must be one of {FRAMEWORKS}")
+    if framework == "auto":
+        framework = "torch" if importlib.util.find_spec("torch") is not None else "numpy"
     path = model_file_path or os.environ.get(ENV_VAR, "")
     if not path:
         raise ValueError("load_model needs an exported encoder directory (python -m "
