@@ -49,6 +49,7 @@ def measure(devices: int, sizes: list[str], crops_per_device: int) -> list[dict]
             config.mesh.update(data=data, fsdp=fsdp, tensor=tensor)
             config.batch_size = crops_per_device * data * fsdp
             mesh = sharding.make_mesh(config)
+            configuration.validate(config, mesh)  # A batch training would refuse is not measured.
             training = train.build(config, mesh)
             state_bytes = sum(
                 int(np.prod(s.shard_shape(a.shape))) * a.dtype.itemsize
@@ -70,12 +71,16 @@ def measure(devices: int, sizes: list[str], crops_per_device: int) -> list[dict]
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0].replace("\n", " "))
     parser.add_argument("--devices", type=int, nargs="*", default=[1, 8, 64, 256])
     parser.add_argument("--sizes", nargs="*", default=["base", "large"])
     parser.add_argument("--crops_per_device", type=int, default=8)
     parser.add_argument("--child", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    counts = sorted({count for count, *_ in MESHES})
+    unknown = sorted(set(args.devices) - set(counts))
+    if unknown:
+        parser.error(f"--devices {unknown}: no mesh of that size in MESHES (sizes: {counts})")
     if args.child:
         print(json.dumps(measure(args.child, args.sizes, args.crops_per_device)))
         return
@@ -86,7 +91,9 @@ def main():
                    XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}")
         out = subprocess.run([sys.executable, __file__, "--child", str(devices), "--sizes",
                               *args.sizes, "--crops_per_device", str(args.crops_per_device)],
-                             env=env, capture_output=True, text=True, check=True)
+                             env=env, capture_output=True, text=True)
+        if out.returncode:  # The child's own error, not a bare CalledProcessError.
+            sys.exit(f"{devices} devices: {out.stderr.strip().splitlines()[-1]}")
         rows += json.loads(out.stdout.strip().splitlines()[-1])
     print(f"bf16 compute, fp32 params; {args.crops_per_device} crops (2.01 s) per data x fsdp "
           "device; large uses remat. GiB per device.")
