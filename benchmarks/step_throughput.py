@@ -223,6 +223,12 @@ def kernel_events(trace_dir: str):
                        event.duration_ns * 1e-9, bool(device_planes))
 
 
+# HLO ops that only hold other ops (a scanned stack's loop, a cond's branches): on a CPU the trace
+# has an event for the container and one for each op inside it, so counting both would count
+# the loop's body twice.
+CONTAINER_OP = re.compile(r"(while|conditional|call)(\.\d+)?$")
+
+
 def profile(step, state, audio, trace_dir: str, steps: int = 3):
     """Trace `steps` steps; device seconds per step by (component, direction) and by kernel.
     Only events that are ops of the step count (host-side wrappers are left out). A device kernel
@@ -237,6 +243,8 @@ def profile(step, state, audio, trace_dir: str, steps: int = 3):
     by_kind = collections.defaultdict(float)
     by_kernel = collections.defaultdict(float)
     for hlo_op, kernel, seconds, on_device in kernel_events(trace_dir):
+        if CONTAINER_OP.match(hlo_op):
+            continue
         stack = op_names.get(hlo_op)
         if stack is None and not on_device:
             continue

@@ -53,6 +53,13 @@ def test_kernels_without_an_hlo_op_get_their_kind_from_their_name(kernel, kind):
 
 
 @pytest.mark.slow  # Four compiles of the tiny step: ~1.5 min on 2 cores.
+@pytest.mark.parametrize("op,container", [
+    ("while.496", True), ("while", True), ("conditional.12", True), ("call.3", True),
+    ("fusion.7", False), ("while_body_fusion.2", False), ("dot.1", False)])
+def test_loop_and_branch_containers_are_not_counted_besides_their_body(op, container):
+    assert bool(step_throughput.CONTAINER_OP.match(op)) == container
+
+
 def test_tiny_run_prints_its_table_with_the_largest_batch_and_profile(tmp_path):
     result = subprocess.run(
         [sys.executable, os.path.join(ROOT, "benchmarks", "step_throughput.py"),
