@@ -91,7 +91,10 @@ def check_audio(audio: np.ndarray) -> np.ndarray:
         raise BadAudio(f"empty audio of shape {audio.shape}")
     if not np.all(np.isfinite(audio)):
         raise BadAudio("audio contains NaN or infinite samples")
-    level = rms(audio - audio.mean(axis=1, keepdims=True, dtype=np.float64).astype(audio.dtype))
+    level = rms(audio)
+    means = audio.mean(axis=1, dtype=np.float64)
+    if level and np.max(means ** 2) > 0.5 * level ** 2:  # Mostly DC: measure about the mean.
+        level = rms(audio - means[:, None].astype(audio.dtype))
     if level < SILENCE_RMS:
         raise BadAudio(f"audio is silent or constant (RMS about its mean {level:.2e})")
     return audio
