@@ -93,7 +93,9 @@ def main():
                               *args.sizes, "--crops_per_device", str(args.crops_per_device)],
                              env=env, capture_output=True, text=True)
         if out.returncode:  # The child's own error, not a bare CalledProcessError.
-            sys.exit(f"{devices} devices: {out.stderr.strip().splitlines()[-1]}")
+            lines = out.stderr.strip().splitlines()
+            sys.exit(f"{devices} devices: " + (lines[-1] if lines else
+                                               f"the measuring process exited {out.returncode}"))
         rows += json.loads(out.stdout.strip().splitlines()[-1])
     print(f"bf16 compute, fp32 params; {args.crops_per_device} crops (2.01 s) per data x fsdp "
           "device; large uses remat. GiB per device.")

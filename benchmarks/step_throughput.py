@@ -79,9 +79,13 @@ def compiled_memory(config, mesh, batch_size: int) -> int:
 
 def batch_unit(config, mesh) -> int:
     """The smallest batch step: every batch must split over the mesh's batch axes, the processes
-    and whole clips of data.crops_per_clip crops."""
+    and whole clips of data.crops_per_clip crops (whole clips per device too, with several
+    processes and a clip-level term: configuration.check_clips_stay_on_a_device)."""
     ways = sharding.batch_parallelism(mesh) * jax.process_count()
-    return math.lcm(ways, jax.process_count() * config.data.crops_per_clip)
+    unit = math.lcm(ways, jax.process_count() * config.data.crops_per_clip)
+    if jax.process_count() > 1 and configuration.clip_level_terms(config):
+        unit = math.lcm(unit, ways * config.data.crops_per_clip)
+    return unit
 
 
 def largest_batch(memory_of, unit: int, budget: int, start: int) -> tuple[int, dict[int, int]]:

@@ -296,3 +296,15 @@ def test_folder_without_audio_is_an_error(tmp_path):
     (tmp_path / "notes.txt").write_text("no audio here")
     with pytest.raises(ValueError, match="holds no clips"):
         make_train_iterator(small_config("folder", str(tmp_path)))
+
+
+def test_grain_workers_ignore_ctrl_c_so_the_trainer_can_save():
+    import signal
+
+    from wavjepa_jax.data import pipeline
+    previous = signal.getsignal(signal.SIGINT)
+    try:
+        pipeline.ignore_ctrl_c(0, 2)
+        assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+    finally:
+        signal.signal(signal.SIGINT, previous)

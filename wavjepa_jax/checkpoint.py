@@ -59,12 +59,14 @@ def set_aside_stale_metrics(workdir: str) -> str | None:
     stamp = time.strftime("%Y%m%d-%H%M%S")
     destination = workdir / f"metrics-before-{stamp}.jsonl"
     metrics.rename(destination)
+    log.warning("%s has no checkpoint, so this run starts at step 0: the earlier run's %s was "
+                "moved to %s (metrics.jsonl holds this run only)", directory, metrics,
+                destination)
     events = workdir / "tb"
     if events.is_dir():
         events.rename(workdir / f"tb-before-{stamp}")
-    log.warning("%s has no checkpoint, so this run starts at step 0: the earlier run's %s (and "
-                "tb/) was moved to %s (metrics.jsonl holds this run only)", directory, metrics,
-                destination)
+        log.warning("its TensorBoard events %s were moved to %s", events,
+                    workdir / f"tb-before-{stamp}")
     return str(destination)
 
 

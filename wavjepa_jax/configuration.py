@@ -481,7 +481,7 @@ def validate(config: ml_collections.ConfigDict, mesh=None, process_count: int = 
     validate_data(config.data)
     check_process_split(config, process_count)
     if mesh is not None:
-        check_batch_divisible(config, mesh)
+        check_batch_divisible(config, mesh, process_count)
 
 
 def validate_sizes(config: ml_collections.ConfigDict) -> None:
@@ -573,13 +573,21 @@ def validate_scene(scene: ml_collections.ConfigDict) -> None:
         raise ValueError(f"data.scene.rir_path={scene.rir_path!r} is not a folder")
 
 
-def check_batch_divisible(config: ml_collections.ConfigDict, mesh) -> None:
+def check_batch_divisible(config: ml_collections.ConfigDict, mesh, process_count: int = 1) -> None:
     """ValueError unless the mesh's batch axes (data x fsdp) divide batch_size."""
     ways = mesh.shape["data"] * mesh.shape["fsdp"]
     if config.batch_size % ways:
         raise ValueError(f"batch_size={config.batch_size} is not divisible by the mesh's batch "
                          f"axes data x fsdp = {mesh.shape['data']} x {mesh.shape['fsdp']} = {ways}")
-    check_clips_stay_on_a_device(config, ways)
+    if process_count > 1:  # One process's batch is contiguous: a clip may span devices there.
+        check_clips_stay_on_a_device(config, ways)
+
+
+def clip_level_terms(config: ml_collections.ConfigDict) -> list[str]:
+    """The options that are on and compare the crops of each clip as consecutive batch rows."""
+    return [name for name, on in (("loss.clip_weight", config.loss.clip_weight),
+                                  ("loss.partner_weight", config.loss.get("partner_weight", 0)),
+                                  ("augment.pitch_twins", config.augment.pitch_twins)) if on]
 
 
 def check_clips_stay_on_a_device(config: ml_collections.ConfigDict, ways: int) -> None:
@@ -588,9 +596,7 @@ def check_clips_stay_on_a_device(config: ml_collections.ConfigDict, ways: int) -
     global batch; each process's rows land on its own devices, and on TPU slices the devices of
     the batch axes alternate between hosts, so only whole clips per device keep a clip's crops
     together (otherwise crops of two hosts' clips would be taken for one clip)."""
-    terms = [name for name, on in (("loss.clip_weight", config.loss.clip_weight),
-                                   ("loss.partner_weight", config.loss.get("partner_weight", 0)),
-                                   ("augment.pitch_twins", config.augment.pitch_twins)) if on]
+    terms = clip_level_terms(config)
     per_device = config.batch_size // ways
     if terms and per_device % config.data.crops_per_clip:
         raise ValueError(

@@ -222,7 +222,8 @@ class AudioEncoder:
         audio: [samples] or [channels, samples] (one clip) -> Embeddings([frames, width],
         [frames]); [batch, channels, samples] -> Embeddings([batch, frames, width],
         [batch, frames]); a list of clips (any lengths) -> a list of Embeddings.
-        Any sample rate (resampled), any channel count (mixed to mono for a mono front end).
+        Any sample rate (resampled), any channel count (mixed to mono for a mono front end;
+        a lone rank-2 array of more than two rows is refused there as a probable batch).
         window: encode in 2.01 s chunks as the release does (default), or each clip whole.
         """
         segments, layout, num_clips = self._split_and_cut(audio, sample_rate, window)
@@ -258,7 +259,8 @@ class AudioEncoder:
 
         audio: one clip, a batch array or a list of clips, as for `embed`. Returns Prepared with
         audio [chunks, chunk_samples] ([chunks, chunk_samples, channels] for a multi-channel
-        front end), valid [chunks, 200] (False for the last chunk's padded frames) and
+        front end), valid [chunks, frames per chunk] (False for the last chunk's padded
+        frames) and
         clip [chunks], the index of the clip each chunk came from (0 for a single clip)."""
         segments, _, _ = self._split_and_cut(audio, sample_rate, window=True)
         frames = num_frames(self.chunk_samples, self.conv_layers)
@@ -272,6 +274,12 @@ class AudioEncoder:
     def _split_and_cut(self, audio, sample_rate, window: bool):
         """(segments of every clip, input layout, number of clips)."""
         clips, layout = _split_input(audio)
+        if layout == "single" and self.in_channels == 1 and clips[0].shape[0] > 2:
+            raise ValueError(
+                f"audio: shape {clips[0].shape} reads as one clip of {clips[0].shape[0]} "
+                "channels, which a mono encoder would average into one; a batch of mono clips is "
+                "[batch, 1, samples] or a list of 1-D arrays (mix multi-channel audio to mono "
+                "yourself if that is what you mean, or pass it as [1, channels, samples])")
         sample_rate = _sample_rate(sample_rate)
         names = ["audio"] if layout == "single" else [f"audio[{i}]" for i in range(len(clips))]
         clips = [self._prepare_clip(clip, sample_rate, name) for clip, name in zip(clips, names)]
@@ -280,12 +288,6 @@ class AudioEncoder:
 
     def _prepare_clip(self, clip: np.ndarray, sample_rate: int, what: str = "audio") -> np.ndarray:
         if self.in_channels == 1:
-            if clip.shape[0] > 2:
-                raise ValueError(
-                    f"{what}: shape {clip.shape} reads as one clip of {clip.shape[0]} channels, "
-                    "which a mono encoder would average into one; a batch of mono clips is "
-                    "[batch, 1, samples] or a list of 1-D arrays (mix multi-channel audio to "
-                    "mono yourself if that is what you mean)")
             clip = audio_lib.to_mono(clip)
         else:
             if clip.shape[0] == 1 and not self._warned_mono:

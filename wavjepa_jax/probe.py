@@ -198,7 +198,8 @@ def prepare_clip(featurizer: Featurizer, clip: np.ndarray, rate: int, *,
     clip = audio_lib.resample(clip, audio_lib.check_sample_rate(rate), featurizer.sample_rate)
     if clip.shape[-1] == 0:
         raise audio_lib.BadAudio(f"no samples left after resampling from {rate} Hz")
-    audio_lib.check_audio(clip)  # Mixing can silence a clip; resampling can overflow a loud one.
+    if not np.all(np.isfinite(clip)):  # A loud clip that resampling overflowed, say.
+        raise audio_lib.BadAudio("audio has NaN or infinite samples after resampling")
     if rooms is not None:
         clip = reverberant(clip, rooms, np.random.default_rng([*noise_seed, 1]))
     if snr_db is not None:
@@ -214,8 +215,8 @@ def usable_clip(featurizer: Featurizer, split: Split, index: int, *,
                 snr_db: float | None = None, seed: int = 0,
                 rooms: scenes.RoomBank | None = None) -> np.ndarray:
     """Clip `index` of `split` prepared for `featurizer`, or BadAudio (or the decoder's error)
-    saying why it cannot be used: empty, non-finite, silent, an impossible sample rate, or
-    nothing left after resampling."""
+    saying why it cannot be used: empty, non-finite, an impossible sample rate, or nothing left
+    after resampling. Silent clips are kept: silence can be a class."""
     clip, rate = split.read(index)
     clip = np.asarray(clip)
     if clip.size == 0:
@@ -466,7 +467,7 @@ def main(argv=None) -> None:
                         help="DATA folder with train/ and test/ class folders, or tfds:NAME.")
     parser.add_argument("--out", required=True, help="Where to write the results JSON.")
     parser.add_argument("--head", choices=("linear", "mlp"), default="linear")
-    parser.add_argument("--hidden", type=int, default=256, help="MLP hidden width.")
+    parser.add_argument("--hidden", type=cli.positive_int, default=256, help="MLP hidden width.")
     parser.add_argument("--noise-snr", default="",
                         help="Comma-separated SNRs (dB) at which to also score noisy test clips.")
     parser.add_argument("--reverb", action="store_true",
@@ -487,10 +488,12 @@ def main(argv=None) -> None:
     parser.add_argument("--val-fraction", type=float, default=0.2)
     parser.add_argument("--weight-decays", default=",".join(map(str, WEIGHT_DECAYS)),
                         help="Comma-separated AdamW weight decays to select from on validation.")
-    parser.add_argument("--steps", type=int, default=1000, help="Optimiser steps per head.")
-    parser.add_argument("--batch-size", type=int, default=256)
+    parser.add_argument("--steps", type=cli.positive_int, default=1000,
+                        help="Optimiser steps per head.")
+    parser.add_argument("--batch-size", type=cli.positive_int, default=256)
     parser.add_argument("--lr", type=float, default=1e-3)
-    parser.add_argument("--batch-clips", type=int, default=16, help="Clips per embed call.")
+    parser.add_argument("--batch-clips", type=cli.positive_int, default=16,
+                        help="Clips per embed call.")
     parser.add_argument("--whole", action="store_true",
                         help="Encode each clip as one sequence instead of 2.01 s windows "
                              "(compiles once per distinct clip length).")
@@ -519,10 +522,6 @@ def number_list(parser: argparse.ArgumentParser, flag: str, text: str) -> list[f
 
 def check_args(parser: argparse.ArgumentParser, args) -> None:
     """Usage errors (exit 2) for option values the probe cannot use, before anything runs."""
-    for flag, value in (("--steps", args.steps), ("--batch-size", args.batch_size),
-                        ("--batch-clips", args.batch_clips), ("--hidden", args.hidden)):
-        if value < 1:
-            parser.error(f"{flag}={value} must be positive")
     if not 0 < args.val_fraction < 1:
         parser.error(f"--val-fraction={args.val_fraction} must be in (0, 1)")
     if not 0 <= args.max_skipped <= 1:

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import signal
 
 import grain
 import ml_collections
@@ -198,7 +199,16 @@ def make_train_dataset(config: ml_collections.ConfigDict, process_index: int = 0
         flags.FLAGS.mark_as_parsed()  # Grain's worker start-up reads an absl flag; outside
                                       # `app.run` (tests, notebooks) its default must do.
     return batches.mp_prefetch(grain.MultiprocessingOptions(
-        num_workers=config.data.num_workers, per_worker_buffer_size=config.data.prefetch))
+        num_workers=config.data.num_workers, per_worker_buffer_size=config.data.prefetch),
+        worker_init_fn=ignore_ctrl_c)
+
+
+def ignore_ctrl_c(worker_index: int, worker_count: int) -> None:
+    """In each Grain worker: a terminal's Ctrl-C reaches the whole process group, and the trainer
+    answers the first one by saving (checkpoint.StopSignal); workers dying of it would break the
+    batch that save waits for. The trainer stops them when it exits."""
+    del worker_index, worker_count
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 def make_train_iterator(config: ml_collections.ConfigDict, process_index: int = 0,

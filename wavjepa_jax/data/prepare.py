@@ -55,7 +55,7 @@ def encode_file(path: str, sample_rate: int) -> tuple[bytes | None, str]:
     try:
         clip, rate = audio.load_audio(path)
         clip = audio.check_audio(clip)
-        if sample_rate and audio.check_sample_rate(rate) != sample_rate:
+        if audio.check_sample_rate(rate) != sample_rate and sample_rate:
             clip = audio.check_audio(audio.resample(clip, rate, sample_rate))
             rate = sample_rate
     except Exception as error:  # Unreadable or unusable files are reported, never fatal.
