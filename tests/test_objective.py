@@ -513,6 +513,70 @@ def test_onset_bands_need_the_spectrogram_term():
         configuration.validate(config)
 
 
+def harmonic_tone(f0: float, samples: int = SAMPLES, rate: int = 16_000) -> np.ndarray:
+    t = np.arange(samples) / rate
+    return sum(np.sin(2 * np.pi * f0 * h * t) / h for h in range(1, 6)).astype(np.float32)
+
+
+@pytest.mark.parametrize("f0, pitch_class", [(440.0, 9), (130.81, 0), (98.0, 7), (293.66, 2)])
+def test_chroma_targets_peak_at_the_tones_pitch_class(f0, pitch_class, monkeypatch):
+    # Unstandardised (the batch standardisation is tested with the bands' elsewhere).
+    monkeypatch.setattr(objective, "standardise_bands", lambda x: x)
+    chroma = np.asarray(objective.chroma_targets(jnp.asarray(harmonic_tone(f0))[None], 200, 400,
+                                                 60.0))
+    assert chroma.shape == (1, 200, 12)
+    assert np.all(np.argmax(chroma[0, 20:180], -1) == pitch_class)
+    # An octave up is the same pitch class: the profile hardly moves.
+    octave = np.asarray(objective.chroma_targets(jnp.asarray(harmonic_tone(2 * f0))[None], 200,
+                                                 400, 60.0))
+    assert np.argmax(octave[0, 100]) == pitch_class
+
+
+def test_chroma_bins_extend_the_head_and_are_weighted_on_their_own():
+    config = configuration.model_config("tiny")
+    config.spectrogram_bands, config.chroma_bins = 16, 12
+    model = WavJEPA.from_config(config)
+    context = jax.random.normal(jax.random.PRNGKey(0), (2, 36, config.encoder_width))
+    params = {"spectrogram_head": nn.meta.unbox(model.spectrogram_head.init(
+        jax.random.PRNGKey(1), context)["params"])}
+    assert params["spectrogram_head"]["out"]["kernel"].shape == (config.encoder_width, 28)
+    masks = masking.sample_masks(jax.random.PRNGKey(1), 2, 200, configuration.mask_config())
+    audio = jax.random.normal(jax.random.PRNGKey(2), (2, SAMPLES))
+
+    def loss(chroma_weight):
+        term = objective.SpectrogramTerm(1.0, 60.0, "cepstrum", chroma_weight=chroma_weight)
+        return float(objective.context_spectrogram_loss(model, params, audio, None, context,
+                                                        masks, 200, term))
+    # By hand: the cepstral error over its 16 outputs plus w x the chroma error over its 12.
+    head = params["spectrogram_head"]["out"]
+    predicted = np.asarray(context @ head["kernel"] + head["bias"])
+    at_context = lambda x: np.asarray(objective.gather_frames(x, masks.context_idx))  # noqa: E731
+    cepstrum = at_context(objective.targets_from_log_mels(
+        objective.floored_log_mels(audio, 200, 240, 16, 60.0), "cepstrum"))
+    chroma = at_context(objective.chroma_targets(audio, 200, 240, 60.0))
+    valid = np.asarray(masks.context_valid)
+    mse = lambda p, t: np.mean(np.mean((p - t) ** 2, -1)[valid])  # noqa: E731
+    assert loss(1.0) == pytest.approx(mse(predicted[..., :16], cepstrum)
+                                      + mse(predicted[..., 16:], chroma), rel=1e-4)
+    assert loss(3.0) == pytest.approx(mse(predicted[..., :16], cepstrum)
+                                      + 3 * mse(predicted[..., 16:], chroma), rel=1e-4)
+
+
+@pytest.mark.parametrize("change, message", [
+    (dict(chroma_bins=12), "model.chroma_bins=12 must be >= 0, and > 0 only with"),
+    (dict(chroma_bins=-1, spectrogram=True), "model.chroma_bins=-1 must be >= 0"),
+    (dict(chroma_weight=-1.0, spectrogram=True), "loss.spectrogram_chroma_weight=-1.0"),
+])
+def test_chroma_settings_that_cannot_work_are_refused(change, message):
+    config = configuration.default_config()
+    if change.get("spectrogram"):
+        config.loss.spectrogram_weight, config.model.spectrogram_bands = 1.0, 64
+    config.model.chroma_bins = change.get("chroma_bins", 0)
+    config.loss.spectrogram_chroma_weight = change.get("chroma_weight", 1.0)
+    with pytest.raises(ValueError, match=message):
+        configuration.validate(config)
+
+
 def test_statistics_term_regresses_each_crops_log_mel_means_and_stds_from_its_pooled_outputs():
     from wavjepa_jax import logmel
     model, params = tiny_model_with(statistics_bands=16)

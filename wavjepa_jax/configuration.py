@@ -90,6 +90,8 @@ def model_config(size: str = "base") -> ml_collections.ConfigDict:
                                     # of this width (trained, never exported); 0: directly.
         onset_bands=0,              # > 0: that head also predicts each frame's rise in this
                                     # many log-mel bands (onsets, attacks; 0: off).
+        chroma_bins=0,              # > 0: that head also predicts each frame's pitch-class
+                                    # profile in this many classes (12: semitones; 0: off).
         spectrogram_bands=0,        # > 0: loss.spectrogram_weight's linear head predicts this
                                     # many log-mel bands per frame (trained, never exported).
         partner_predictor=0,        # > 0: loss.partner_weight's 2-layer MLP (this hidden width;
@@ -229,7 +231,7 @@ def default_config() -> ml_collections.ConfigDict:
                                    # similarities lowered, negative ones raised by this
                                    # (implicit feature modification; 0: plain InfoNCE).
         spectrogram_weight=0.0, spectrogram_floor_db=0.0, spectrogram_target="mel",
-        spectrogram_mel_weight=0.0, spectrogram_clean_only=False,
+        spectrogram_mel_weight=0.0, spectrogram_clean_only=False, spectrogram_chroma_weight=1.0,
         statistics_weight=0.0,
         partner_weight=0.0))       # > 0: the partner term (objective.partner_loss): each crop's
                                    # pooled context, through model.partner_predictor's head,
@@ -350,10 +352,15 @@ def validate_log_mel_terms(config: ml_collections.ConfigDict, total_stride: int)
             raise ValueError(f"loss.{term} needs data.sample_rate={SAMPLE_RATE} and a front end "
                              f"of total stride 160 (10 ms frames, the log-mel hop); got "
                              f"{config.data.sample_rate} Hz and stride {total_stride}")
-    onset_bands = config.model.get("onset_bands", 0)
-    if onset_bands < 0 or (onset_bands and not config.loss.get("spectrogram_weight", 0.0)):
-        raise ValueError(f"model.onset_bands={onset_bands} must be >= 0, and > 0 only with the "
-                         "spectrogram term (loss.spectrogram_weight), whose head predicts them")
+    for extra in ("onset_bands", "chroma_bins"):
+        value = config.model.get(extra, 0)
+        if value < 0 or (value and not config.loss.get("spectrogram_weight", 0.0)):
+            raise ValueError(f"model.{extra}={value} must be >= 0, and > 0 only with the "
+                             "spectrogram term (loss.spectrogram_weight), whose head predicts "
+                             "them")
+    if config.loss.get("spectrogram_chroma_weight", 1.0) < 0:
+        raise ValueError(f"loss.spectrogram_chroma_weight="
+                         f"{config.loss.spectrogram_chroma_weight} must be >= 0")
 
 
 def validate(config: ml_collections.ConfigDict, mesh=None, process_count: int = 1) -> None:

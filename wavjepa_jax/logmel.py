@@ -87,8 +87,7 @@ class LogMelFeatures:
 
     @functools.cached_property
     def _hann(self) -> np.ndarray:
-        n = np.arange(self.window)
-        return (0.5 - 0.5 * np.cos(2 * np.pi * n / self.window)).astype(np.float32)  # periodic
+        return periodic_hann(self.window)
 
     def log_mel(self, audio: np.ndarray) -> np.ndarray:
         """[samples] mono audio at `sample_rate` -> [frames, n_mels] log-mel energies."""
@@ -119,19 +118,35 @@ class LogMelFeatures:
 def frame_aligned_log_mel(audio, num_frames: int, receptive_field: int,
                           features: LogMelFeatures = LogMelFeatures()):
     """[batch, samples] audio -> [batch, num_frames, n_mels] float32 log-mels (JAX), frame i's
-    window centred on the centre of encoder frame i (whose `receptive_field` samples start at
-    i * features.hop; the conv stack's total stride must equal features.hop).
+    window centred on the centre of encoder frame i (frame_aligned_power; the conv stack's total
+    stride must equal features.hop)."""
+    import jax.numpy as jnp  # Local: the probe's NumPy path does not need JAX.
+
+    power = frame_aligned_power(audio, num_frames, receptive_field, features.window,
+                                features.hop, features.n_fft)
+    return jnp.log(power @ jnp.asarray(features.filterbank) + features.log_offset)
+
+
+def frame_aligned_power(audio, num_frames: int, receptive_field: int, window: int, hop: int,
+                        n_fft: int):
+    """[batch, samples] audio -> [batch, num_frames, n_fft // 2 + 1] float32 power spectra (JAX)
+    of periodic-Hann windows of `window` samples, frame i's centred on the centre of encoder
+    frame i (whose `receptive_field` samples start at i * hop).
 
     The audio is zero-padded by half the difference of the window and the receptive field on the
     left, and as much as the last frame needs on the right.
     """
-    import jax.numpy as jnp  # Local: the probe's NumPy path does not need JAX.
+    import jax.numpy as jnp
 
-    left = (features.window - receptive_field) // 2
-    right = max(0, (num_frames - 1) * features.hop + features.window - left - audio.shape[-1])
+    left = (window - receptive_field) // 2
+    right = max(0, (num_frames - 1) * hop + window - left - audio.shape[-1])
     padded = jnp.pad(audio.astype(jnp.float32), ((0, 0), (left, right)))
-    starts = jnp.arange(num_frames) * features.hop
-    frames = padded[:, starts[:, None] + jnp.arange(features.window)[None, :]]
-    spectrum = jnp.fft.rfft(frames * jnp.asarray(features._hann), n=features.n_fft)
-    power = jnp.square(spectrum.real) + jnp.square(spectrum.imag)
-    return jnp.log(power @ jnp.asarray(features.filterbank) + features.log_offset)
+    starts = jnp.arange(num_frames) * hop
+    frames = padded[:, starts[:, None] + jnp.arange(window)[None, :]]
+    spectrum = jnp.fft.rfft(frames * jnp.asarray(periodic_hann(window)), n=n_fft)
+    return jnp.square(spectrum.real) + jnp.square(spectrum.imag)
+
+
+def periodic_hann(window: int) -> np.ndarray:
+    n = np.arange(window)
+    return (0.5 - 0.5 * np.cos(2 * np.pi * n / window)).astype(np.float32)

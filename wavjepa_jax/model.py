@@ -143,16 +143,19 @@ class ClipHead(nn.Module):
 class SpectrogramHead(nn.Module):
     """A linear map from each context-encoder output frame to the log-mel bands of the clean audio
     at that frame (loss.spectrogram_weight), and with onset_bands > 0 also to the rise of each of
-    that many log-mel bands since the previous frame (objective.onset_targets). Linear, so what it
+    that many log-mel bands since the previous frame (objective.onset_targets), and with
+    chroma_bins > 0 to the frame's pitch-class profile (objective.chroma_targets). Linear, so what it
     asks the encoder to keep is linearly readable by a downstream probe. Training-only, like
     ClipHead."""
 
     bands: int
     onset_bands: int = 0
+    chroma_bins: int = 0
 
     @nn.compact
     def __call__(self, frames):
-        return dense(self.bands + self.onset_bands, ("embed", "head_out"), "out")(frames)
+        return dense(self.bands + self.onset_bands + self.chroma_bins, ("embed", "head_out"),
+                     "out")(frames)
 
 
 class StatisticsHead(nn.Module):
@@ -210,7 +213,8 @@ class WavJEPA:
             partner_head=(ClipHead(model.partner_predictor, model.encoder_width)
                           if model.get("partner_predictor", 0) else None),
             spectrogram_head=(SpectrogramHead(model.spectrogram_bands,
-                                              model.get("onset_bands", 0))
+                                              model.get("onset_bands", 0),
+                                              model.get("chroma_bins", 0))
                               if model.get("spectrogram_bands", 0) else None),
             statistics_head=(StatisticsHead(model.statistics_bands)
                              if model.get("statistics_bands", 0) else None),

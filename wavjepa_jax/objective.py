@@ -28,7 +28,9 @@ Options beyond the release (each off by default, see README "Does it learn?"):
                           spectral ripple (harmonics: pitch) weighs as much as the envelope;
                           its `mel_weight` also scores the same prediction mapped back to
                           standardised log-mels, giving the envelope (timbre) its weight back
-                          (settings: SpectrogramTerm)
+                          (settings: SpectrogramTerm); the head's extra outputs can
+                          regress onsets (onset_targets) and each frame's pitch-class profile
+                          (chroma_targets, weighted by its own `chroma_weight`)
   context_audio           the context branch reads other (e.g. noisy) audio than the targets
 """
 
@@ -272,6 +274,8 @@ class SpectrogramTerm(NamedTuple):
                 back to standardised log-mels (cepstral_error_as_mels), so the loss weighs the
                 envelope as the mel target does and the ripple as the cepstral one does.
     clean_only: only on the crops whose context input is the clean audio.
+    chroma_weight: the weight of the pitch-class error (model.chroma_bins > 0), next to the
+                spectral one.
     """
 
     weight: float = 0.0
@@ -279,6 +283,7 @@ class SpectrogramTerm(NamedTuple):
     target: str = "mel"
     mel_weight: float = 0.0
     clean_only: bool = False
+    chroma_weight: float = 1.0
 
     @classmethod
     def from_config(cls, loss) -> "SpectrogramTerm":
@@ -326,6 +331,27 @@ def onset_targets(log_mels: jax.Array) -> jax.Array:
     the learning benchmark's instrument task (45.1% against 41.0% without it)."""
     rise = jnp.maximum(jnp.diff(log_mels, axis=1, prepend=log_mels[:, :1]), 0.0)
     return jax.lax.stop_gradient(standardise_bands(rise))
+
+
+def chroma_targets(audio: jax.Array, num_frames: int, receptive_field: int, floor_db: float,
+                   bins: int = 12, window: int = 2048, hop: int = 160,
+                   sample_rate: int = 16_000) -> jax.Array:
+    """Each encoder frame's pitch-class profile: the power of a 128 ms Hann STFT frame centred
+    on it, 50 Hz-5 kHz, folded onto `bins` pitch classes (Gaussian, half a class wide), floored
+    floor_db below the crop's loudest, as a distribution over the classes, log, standardised
+    over the batch: [batch, num_frames, bins] under stop_gradient."""
+    power = logmel.frame_aligned_power(audio, num_frames, receptive_field, window, hop, window)
+    freqs = jnp.arange(window // 2 + 1) * sample_rate / window
+    classes = bins * jnp.log2(jnp.maximum(freqs, 1.0) / 440.0) + 69.0 * bins / 12
+    distance = jnp.mod(classes[:, None] - jnp.arange(bins)[None], bins)
+    distance = jnp.minimum(distance, bins - distance)
+    in_range = ((freqs >= 50.0) & (freqs <= 5000.0))[:, None]
+    weights = jnp.where(in_range, jnp.exp(-0.5 * jnp.square(distance / 0.5)), 0.0)
+    chroma = power @ weights
+    peak = jnp.max(chroma, axis=(1, 2), keepdims=True)
+    chroma = chroma + peak * 10.0 ** (-floor_db / 10.0) + 1e-12
+    chroma = jnp.log(chroma / jnp.sum(chroma, -1, keepdims=True))
+    return jax.lax.stop_gradient(standardise_bands(chroma))
 
 
 def cepstral_error_as_mels(error: jax.Array, log_mels: jax.Array) -> jax.Array:
@@ -503,12 +529,23 @@ def context_spectrogram_loss(model: WavJEPA, params, audio, context_audio, conte
         onsets = onset_targets(floored_log_mels(audio, num_frames, field, head.onset_bands,
                                                 term.floor_db))
         targets = jnp.concatenate([targets, onsets], axis=-1)
+    if head.chroma_bins:
+        # Unfloored, the profile of a digitally silent frame would be rounding noise.
+        chroma = chroma_targets(audio, num_frames, field, term.floor_db or 60.0,
+                                head.chroma_bins)
+        targets = jnp.concatenate([targets, chroma], axis=-1)
     targets = gather_frames(targets, masks.context_idx)
     predicted = head.apply({"params": params["spectrogram_head"]}, context)
     valid = masks.context_valid
     if term.clean_only:
         valid = valid & clean_context_crops(audio, context_audio)[:, None]
-    loss = frame_regression_loss(predicted, targets, valid)
+    if head.chroma_bins:  # The pitch-class error weighted on its own, next to the rest.
+        rest = head.bands + head.onset_bands
+        loss = (frame_regression_loss(predicted[..., :rest], targets[..., :rest], valid)
+                + term.chroma_weight * frame_regression_loss(predicted[..., rest:],
+                                                             targets[..., rest:], valid))
+    else:
+        loss = frame_regression_loss(predicted, targets, valid)
     if term.mel_weight:
         spectral = slice(0, head.bands)  # The onsets are no cepstrum: left out of this error.
         error_as_mels = cepstral_error_as_mels(
