@@ -481,16 +481,24 @@ def test_onset_targets_are_each_bands_standardised_rise_since_the_previous_frame
     np.testing.assert_allclose(objective.onset_targets(log_mels), expected, rtol=1e-5, atol=1e-6)
 
 
-def test_onset_bands_extend_the_spectrogram_heads_targets_after_the_cepstrum():
+def spectrogram_head_and_batch(**head_fields):
+    """A tiny model whose spectrogram head has `head_fields`, the head's params, and two crops'
+    context outputs, masks and audio."""
     config = configuration.model_config("tiny")
-    config.spectrogram_bands, config.onset_bands = 16, 8
+    config.update(head_fields)
     model = WavJEPA.from_config(config)
     context = jax.random.normal(jax.random.PRNGKey(0), (2, 36, config.encoder_width))
     params = {"spectrogram_head": nn.meta.unbox(model.spectrogram_head.init(
         jax.random.PRNGKey(1), context)["params"])}
-    assert params["spectrogram_head"]["out"]["kernel"].shape == (config.encoder_width, 24)
     masks = masking.sample_masks(jax.random.PRNGKey(1), 2, 200, configuration.mask_config())
     audio = jax.random.normal(jax.random.PRNGKey(2), (2, SAMPLES))
+    return model, params, context, masks, audio
+
+
+def test_onset_bands_extend_the_spectrogram_heads_targets_after_the_cepstrum():
+    model, params, context, masks, audio = spectrogram_head_and_batch(spectrogram_bands=16,
+                                                                      onset_bands=8)
+    assert params["spectrogram_head"]["out"]["kernel"].shape == (context.shape[-1], 24)
     loss = float(objective.context_spectrogram_loss(
         model, params, audio, None, context, masks, 200,
         objective.SpectrogramTerm(1.0, 60.0, "cepstrum")))
@@ -533,15 +541,9 @@ def test_chroma_targets_peak_at_the_tones_pitch_class(f0, pitch_class, monkeypat
 
 
 def test_chroma_bins_extend_the_head_and_are_weighted_on_their_own():
-    config = configuration.model_config("tiny")
-    config.spectrogram_bands, config.chroma_bins = 16, 12
-    model = WavJEPA.from_config(config)
-    context = jax.random.normal(jax.random.PRNGKey(0), (2, 36, config.encoder_width))
-    params = {"spectrogram_head": nn.meta.unbox(model.spectrogram_head.init(
-        jax.random.PRNGKey(1), context)["params"])}
-    assert params["spectrogram_head"]["out"]["kernel"].shape == (config.encoder_width, 28)
-    masks = masking.sample_masks(jax.random.PRNGKey(1), 2, 200, configuration.mask_config())
-    audio = jax.random.normal(jax.random.PRNGKey(2), (2, SAMPLES))
+    model, params, context, masks, audio = spectrogram_head_and_batch(spectrogram_bands=16,
+                                                                      chroma_bins=12)
+    assert params["spectrogram_head"]["out"]["kernel"].shape == (context.shape[-1], 28)
 
     def loss(chroma_weight):
         term = objective.SpectrogramTerm(1.0, 60.0, "cepstrum", chroma_weight=chroma_weight)
