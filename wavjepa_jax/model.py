@@ -144,9 +144,9 @@ class SpectrogramHead(nn.Module):
     """A linear map from each context-encoder output frame to the log-mel bands of the clean audio
     at that frame (loss.spectrogram_weight), and with onset_bands > 0 also to the rise of each of
     that many log-mel bands since the previous frame (objective.onset_targets), and with
-    chroma_bins > 0 to the frame's pitch-class profile (objective.chroma_targets). Linear, so what it
-    asks the encoder to keep is linearly readable by a downstream probe. Training-only, like
-    ClipHead."""
+    chroma_bins > 0 to the frame's pitch-class profile (objective.chroma_targets). Linear, so
+    what it asks the encoder to keep is linearly readable by a downstream probe. Training-only,
+    like ClipHead."""
 
     bands: int
     onset_bands: int = 0
