@@ -182,3 +182,21 @@ def test_constant_clips_and_impossible_rates_are_bad_audio():
     assert audio.check_sample_rate(8_000) == 8_000
     with pytest.raises(audio.BadAudio, match="no samples"):
         audio.fit_length(np.zeros((1, 0), np.float32), 16_000, "loop", 4_000)
+
+
+def test_resample_checked_says_when_resampling_left_nothing_usable():
+    # A 20 kHz tone at 48 kHz, faded in and out: nothing of it is left below the 8 kHz Nyquist
+    # limit of 16 kHz.
+    time = np.arange(48_000)
+    high = (np.sin(2 * np.pi * 20_000 * time / 48_000) * np.hanning(48_000)).astype(np.float32)
+    high = high[None]
+    with pytest.raises(audio.BadAudio, match="silent.*after resampling from 48000 to 16000 Hz"):
+        audio.resample_checked(high, 48_000, 16_000)
+    kept = audio.resample_checked(high, 48_000, 16_000, allow_silent=True)  # a probe's choice
+    assert kept.shape == (1, 16_000) and audio.rms(kept) < audio.SILENCE_RMS
+    with pytest.raises(audio.BadAudio, match="sample rate"):
+        audio.resample_checked(high, 999, 16_000)
+    with pytest.raises(audio.BadAudio, match="empty"):  # 1 sample at 48 kHz: none at 16 kHz
+        audio.resample_checked(np.ones((1, 1), np.float32), 48_000, 16_000)
+    same = audio.resample_checked(high, 48_000, 48_000)
+    assert same is high

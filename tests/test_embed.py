@@ -126,6 +126,18 @@ def test_whole_mode_encodes_the_clip_unpadded(encoder):
     assert windowed.frames.shape == (200 + 48, 64)
 
 
+def test_frame_grid_windows_overlap_by_one_hop(encoder):
+    """window_stride="frame_grid": each chunk starts where the last one's frames end, so every
+    frame time of a long clip lies on one 10 ms grid (side by side, they jump 20 ms)."""
+    grid = AudioEncoder(encoder.params, tiny_encoder_config(), window_stride="frame_grid")
+    assert grid.window_stride == num_frames(CHUNK, encoder.conv_layers) * encoder.hop < CHUNK
+    clip = noise(60_000)
+    np.testing.assert_allclose(np.diff(grid.embed(clip, RATE).timestamps), 0.01, atol=1e-9)
+    assert np.diff(encoder.embed(clip, RATE).timestamps).max() > 0.015
+    with pytest.raises(ValueError, match="frame_grid"):
+        AudioEncoder(encoder.params, tiny_encoder_config(), window_stride="grid")
+
+
 def test_lengths_share_a_few_compiled_programs(encoder):
     fresh = AudioEncoder(encoder.params, tiny_encoder_config())
     lengths = [3_000, 7_000, 11_000, 19_000, 31_000, 33_000, 45_000, 50_000, 66_000, 70_000]

@@ -150,7 +150,7 @@ class AudioEncoder:
     """An encoder (front end + context encoder + final norm) with its parameters."""
 
     def __init__(self, params: dict, config: dict, *, dtype: str | None = None,
-                 max_batch: int = 32, window_stride: int | None = None):
+                 max_batch: int = 32, window_stride: int | str | None = None):
         dtype = dtype or "float32"
         if dtype not in DTYPES:
             raise ValueError(f"dtype={dtype!r} must be one of {sorted(DTYPES)}")
@@ -169,10 +169,15 @@ class AudioEncoder:
         self.embedding_size = int(config["model"]["encoder_width"])
         self.frame_rate = self.sample_rate / self.hop
         self.max_batch = max_batch
-        # Where window mode starts each chunk: every chunk_samples (the release: chunks side by
-        # side, a 20 ms step in the frame times at each boundary), or every `frames x hop`
-        # samples (chunks overlapping by one hop: frame times on one even 10 ms grid, as the
-        # HEAR API asks; hear.load_model sets it).
+        # Where window mode starts each chunk: every chunk_samples (None, the release: chunks
+        # side by side, a 20 ms step in the frame times at each boundary), every `frames x hop`
+        # samples ("frame_grid": chunks overlap by one hop, so the frame times lie on one even
+        # 10 ms grid, as the HEAR API asks; hear.load_model uses it), or every N samples.
+        if window_stride == "frame_grid":
+            window_stride = num_frames(self.chunk_samples, self.conv_layers) * self.hop
+        elif isinstance(window_stride, str):
+            raise ValueError(f"window_stride={window_stride!r} must be 'frame_grid', a number of "
+                             "samples or None")
         self.window_stride = window_stride or self.chunk_samples
         if not 0 < self.window_stride <= self.chunk_samples:
             raise ValueError(f"window_stride={window_stride} must be in (0, "
@@ -421,11 +426,13 @@ def check_params_fit_config(params: dict, config: dict, directory: str) -> None:
 
 
 def load_encoder(directory: str | os.PathLike, *, dtype: str | None = None,
-                 max_batch: int = 32, window_stride: int | None = None) -> AudioEncoder:
+                 max_batch: int = 32, window_stride: int | str | None = None) -> AudioEncoder:
     """An exported encoder (python -m wavjepa_jax.export / convert) ready to embed audio.
 
     dtype: compute dtype ("float32", default, or "bfloat16"); parameters stay float32.
     max_batch: chunks per forward pass (memory vs speed).
+    window_stride: where window mode starts each chunk (AudioEncoder): None (every chunk, as the
+        release), "frame_grid" (frame times on one even grid) or a number of samples.
 
     The weights are verified against config.json (its manifest of tensor names, shapes, dtypes
     and sha256, and its model's architecture); a damaged or edited export raises

@@ -25,7 +25,6 @@ import os
 import numpy as np
 
 from wavjepa_jax.encoder_api import AudioEncoder, load_encoder
-from wavjepa_jax.frontend import num_frames
 
 ENV_VAR = "WAVJEPA_JAX_ENCODER"
 FRAMEWORKS = ("auto", "numpy", "torch")
@@ -76,11 +75,9 @@ def load_model(model_file_path: str = "", framework: str = "auto") -> HearModel:
         raise ValueError("load_model needs an exported encoder directory (python -m "
                          "wavjepa_jax.export or wavjepa_jax.convert): pass model_file_path or "
                          f"set {ENV_VAR}. Nothing is downloaded.")
-    encoder = load_encoder(path)
     # Chunks overlap by one hop, so frame times lie on one even 10 ms grid across chunk
     # boundaries (the HEAR API asks for regular timestamps; side-by-side chunks step 20 ms there).
-    frames = num_frames(encoder.chunk_samples, encoder.conv_layers)
-    encoder.window_stride = frames * encoder.hop
+    encoder = load_encoder(path, window_stride="frame_grid")
     return _torch_model(encoder) if framework == "torch" else HearModel(encoder)
 
 

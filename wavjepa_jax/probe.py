@@ -195,11 +195,7 @@ def prepare_clip(featurizer: Featurizer, clip: np.ndarray, rate: int, *,
     one the features see)."""
     if featurizer.in_channels == 1:
         clip = audio_lib.to_mono(clip)
-    clip = audio_lib.resample(clip, audio_lib.check_sample_rate(rate), featurizer.sample_rate)
-    if clip.shape[-1] == 0:
-        raise audio_lib.BadAudio(f"no samples left after resampling from {rate} Hz")
-    if not np.all(np.isfinite(clip)):  # A loud clip that resampling overflowed, say.
-        raise audio_lib.BadAudio("audio has NaN or infinite samples after resampling")
+    clip = audio_lib.resample_checked(clip, rate, featurizer.sample_rate, allow_silent=True)
     if rooms is not None:
         clip = reverberant(clip, rooms, np.random.default_rng([*noise_seed, 1]))
     if snr_db is not None:
@@ -218,11 +214,7 @@ def usable_clip(featurizer: Featurizer, split: Split, index: int, *,
     saying why it cannot be used: empty, non-finite, an impossible sample rate, or nothing left
     after resampling. Silent clips are kept: silence can be a class."""
     clip, rate = split.read(index)
-    clip = np.asarray(clip)
-    if clip.size == 0:
-        raise audio_lib.BadAudio(f"empty audio (shape {clip.shape})")
-    if not np.all(np.isfinite(clip)):
-        raise audio_lib.BadAudio("audio contains NaN or infinite samples")
+    audio_lib.check_audio(np.asarray(clip), allow_silent=True)
     return prepare_clip(featurizer, clip, rate, snr_db=snr_db, noise_seed=[seed, index],
                         rooms=rooms)
 

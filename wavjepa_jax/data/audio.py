@@ -83,14 +83,16 @@ def decode_bytes(encoded: bytes, seconds: float,
     return read_window(io.BytesIO(encoded), seconds, rng)
 
 
-def check_audio(audio: np.ndarray) -> np.ndarray:
+def check_audio(audio: np.ndarray, *, allow_silent: bool = False) -> np.ndarray:
     """Return `audio` if it can be trained on, else raise BadAudio saying why: empty, NaN or
-    infinite samples, or silent, i.e. no level around each channel's mean (a constant clip, DC
-    alone, standardises to all zeros)."""
+    infinite samples, or (unless allow_silent: a probe's class may be silence) silent, i.e. no
+    level around each channel's mean (a constant clip, DC alone, standardises to all zeros)."""
     if audio.ndim != 2 or audio.shape[1] == 0:
         raise BadAudio(f"empty audio of shape {audio.shape}")
     if not np.all(np.isfinite(audio)):
         raise BadAudio("audio contains NaN or infinite samples")
+    if allow_silent:
+        return audio
     level = rms(audio)
     means = audio.mean(axis=1, dtype=np.float64)
     if level and np.max(means ** 2) > 0.5 * level ** 2:  # Mostly DC: measure about the mean.
@@ -146,6 +148,20 @@ def resample(audio: np.ndarray, from_rate: int, to_rate: int) -> np.ndarray:
     resampled = soxr.resample(audio.T / np.float32(scale), from_rate, to_rate, quality="HQ")
     with np.errstate(over="ignore"):  # Overshoot past float32's range: inf, which checks catch.
         return np.ascontiguousarray(resampled.T * scale, dtype=np.float32)
+
+
+def resample_checked(audio: np.ndarray, from_rate: int, to_rate: int, *,
+                     allow_silent: bool = False) -> np.ndarray:
+    """`audio` (already checked) at `to_rate`, checked again, else BadAudio: the rate a file
+    declares must be plausible (check_sample_rate), and mixing channels or resampling can
+    empty, overflow or silence a clip (check_audio)."""
+    check_sample_rate(from_rate)
+    try:
+        return check_audio(resample(audio, from_rate, to_rate), allow_silent=allow_silent)
+    except BadAudio as error:
+        if from_rate == to_rate:
+            raise
+        raise BadAudio(f"{error} after resampling from {from_rate} to {to_rate} Hz") from None
 
 
 # The release's loudness normalisation of every clip (training crops and downstream audio alike),

@@ -55,9 +55,10 @@ def encode_file(path: str, sample_rate: int) -> tuple[bytes | None, str]:
     try:
         clip, rate = audio.load_audio(path)
         clip = audio.check_audio(clip)
-        audio.check_sample_rate(rate)
-        if sample_rate and rate != sample_rate:  # Resampling can empty or overflow a clip.
-            clip, rate = audio.check_audio(audio.resample(clip, rate, sample_rate)), sample_rate
+        if sample_rate:
+            clip, rate = audio.resample_checked(clip, rate, sample_rate), sample_rate
+        else:
+            audio.check_sample_rate(rate)
     except Exception as error:  # Unreadable or unusable files are reported, never fatal.
         return None, f"{type(error).__name__}: {error}"
     peak = float(abs(clip).max())
