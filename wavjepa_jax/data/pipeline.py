@@ -67,8 +67,11 @@ class ClipToCrops:
         """Clip `index`, checked, with `channels` (None: mixed to mono), at sample_rate."""
         clip, rate = self.source.read(index, rng, self.clip_seconds)
         clip = audio.check_audio(clip)
+        mixed = channels is None and clip.shape[0] > 1
         clip = audio.to_mono(clip) if channels is None else audio.to_channels(clip, channels)
-        return audio.resample_checked(clip, rate, self.sample_rate)
+        if rate == self.sample_rate and not mixed:
+            return clip
+        return audio.resample_checked(clip, rate, self.sample_rate)  # Mixing can silence it too.
 
     def __call__(self, index: int, rng: np.random.Generator) -> dict | SkippedClip:
         try:
