@@ -12,7 +12,8 @@ r"""Does pretraining learn? Pretrain, export along the way, probe every export, 
 3. `python -m wavjepa_jax.probe` on every task folder (TASKS/<task>/{train,test}/<class>/...)
    for the log-mel baseline (`--features logmel`), step 0 and each checkpoint, clean and with
    white noise at each SNR.
-4. One table: task x condition rows, one column per model, plus the mean over tasks; written
+4. One table: task x condition rows, one column per model, plus the mean over tasks; then how
+   finely each task's test split measures (test clips, the standard error of a cell); written
    with the per-probe JSON files and the run's collapse monitors to WORKDIR/learning.json and
    WORKDIR/learning.md.
 
@@ -139,6 +140,21 @@ def table(results: dict, models: list[str], snrs: list[str], reverb: bool = Fals
     return lines
 
 
+def sampling_noise(results: dict) -> list[str]:
+    """Markdown rows: how finely each task's test split measures, i.e. its number of test clips,
+    what one clip is worth, and the binomial standard error of one cell at the task's mean
+    clean score over the table's models (accuracy; for mAP tasks a rough guide only)."""
+    lines = ["| task | test clips | one clip | standard error |", "|---|---:|---:|---:|"]
+    for task in sorted(results):
+        probes = list(results[task].values())
+        clips = int(probes[0]["num_test"])
+        p = sum(r["test"] for r in probes) / len(probes)
+        error = 100 * math.sqrt(p * (1 - p) / clips)
+        lines.append(f"| {task} | {clips} | {100 / clips:.1f} | {error:.1f} |")
+    return lines + ["", "Two cells of one task less than about two standard errors apart are not "
+                    "told apart by its test split."]
+
+
 def monitors(workdir: str, steps: list[int]) -> list[str]:
     """The collapse monitors at the logged step nearest each probed step."""
     path = os.path.join(workdir, "run", "metrics.jsonl")
@@ -216,7 +232,7 @@ def main() -> None:
               f"{total} steps"
               + (f", pretraining {train_seconds / 60:.1f} min" if train_seconds else "")
               + f", probing {(time.time() - started) / 60:.1f} min", "", *lines, "",
-              *monitors(args.workdir, list(steps.values()))]
+              *sampling_noise(results), "", *monitors(args.workdir, list(steps.values()))]
     print("\n".join(report))
     with open(os.path.join(args.workdir, "learning.md"), "w") as f:
         f.write("\n".join(report) + "\n")

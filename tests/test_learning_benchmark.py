@@ -13,6 +13,9 @@ from wavjepa_jax.data import procedural
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RATE = 16_000
+sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
+
+import learning  # noqa: E402
 
 
 def write_task(root, rng):
@@ -48,7 +51,7 @@ def test_learning_benchmark_prints_one_table(tmp_path):
     header = next(line for line in lines if line.startswith("| task |"))
     assert [c.strip() for c in header.split("|")[1:-1]] == [
         "task", "condition", "logmel", "step 0", "step 2"]
-    rows = [line for line in lines if line.startswith("| tones |")]
+    rows = [line for line in lines if line.startswith("| tones |")][:3]
     assert [row.split("|")[2].strip() for row in rows] == ["clean", "0 dB", "reverb"]
     clean_logmel = float(rows[0].split("|")[3])
     assert clean_logmel > 80.0                       # Tones an octave apart: log-mel separates.
@@ -57,7 +60,17 @@ def test_learning_benchmark_prints_one_table(tmp_path):
     step0 = saved["results"]["tones"]["step 0"]
     assert step0["random_init"] is True
     assert step0["reverb_rooms"] == "statistical" and "test_reverb" in step0
-    assert (workdir / "learning.md").read_text().count("| tones |") == 3
+    assert (workdir / "learning.md").read_text().count("| tones |") == 4  # 3 rows + its noise
+    assert "| tones | 6 | 16.7 |" in result.stdout    # 6 test clips, one worth 16.7 points
+
+
+def test_sampling_noise_is_the_binomial_error_at_the_mean_clean_score():
+    results = {"pitch": {"logmel": {"num_test": 100, "test": 0.7},
+                         "step 0": {"num_test": 100, "test": 0.3}},
+               "digits": {"logmel": {"num_test": 400, "test": 0.9}}}
+    lines = learning.sampling_noise(results)
+    assert lines[2] == "| digits | 400 | 0.2 | 1.5 |"       # sqrt(0.9 * 0.1 / 400) = 1.5%
+    assert lines[3] == "| pitch | 100 | 1.0 | 5.0 |"        # at the mean, 0.5: sqrt(.25 / 100)
 
 
 def test_make_corpus_answers_help_without_installing_or_building_anything(tmp_path):
