@@ -214,7 +214,7 @@ def usable_clip(featurizer: Featurizer, split: Split, index: int, *,
     saying why it cannot be used: empty, non-finite, an impossible sample rate, or nothing left
     after resampling. Silent clips are kept: silence can be a class."""
     clip, rate = split.read(index)
-    audio_lib.check_audio(np.asarray(clip), allow_silent=True)
+    clip = audio_lib.check_audio(np.asarray(clip), allow_silent=True)
     return prepare_clip(featurizer, clip, rate, snr_db=snr_db, noise_seed=[seed, index],
                         rooms=rooms)
 
