@@ -332,15 +332,16 @@ def scale_notes(root: int, scale: str, lo: int, hi: int) -> list[int]:
     return [n for n in range(lo, hi + 1) if (n - root) % 12 in iv]
 
 
-def piece_events(rng: np.random.Generator, dur: float) -> list[tuple[float, object]]:
-    """Random multi-track piece of ~dur seconds: list of (time_s, mido.Message)."""
+def piece_events(rng: np.random.Generator, dur: float, solo: bool = False) -> list[tuple[float, object]]:
+    """Random piece of ~dur seconds: list of (time_s, mido.Message). 1-4 tracks and drums in 55 %
+    of pieces; `solo`: one track (any melodic program and role), no drums."""
     import mido
     ev = []
     bpm = float(rng.uniform(55, 190))
     beat = 60.0 / bpm
     root = int(rng.integers(12))
     scale = str(rng.choice(list(SCALES), p=None))
-    n_tracks = int(rng.integers(1, 5))
+    n_tracks = 1 if solo else int(rng.integers(1, 5))
     chans = [c for c in range(16) if c != 9]
     rng.shuffle(chans)
     for ti in range(n_tracks):
@@ -382,7 +383,7 @@ def piece_events(rng: np.random.Generator, dur: float) -> list[tuple[float, obje
                 ev.append((t, mido.Message("note_on", channel=ch, note=int(n), velocity=vel)))
                 ev.append((min(t + gate, dur), mido.Message("note_off", channel=ch, note=int(n), velocity=0)))
             t += length
-    if rng.random() < 0.55:  # drums on channel 10
+    if not solo and rng.random() < 0.55:  # drums on channel 10
         ev.append((0.0, mido.Message("program_change", channel=9, program=int(rng.choice(DRUM_KITS)))))
         pat_len = 16
         kick = rng.random(pat_len) < 0.3
@@ -447,17 +448,17 @@ def render(events, sf_key: str, total_s: float) -> np.ndarray:
 
 
 def _music_batch(args):
-    out, b, seed, n_pieces = args
+    out, sub, b, seed, n_pieces = args
     sf_key = "tim" if b % 2 == 0 else "msg"
-    paths = [os.path.join(out, "music", f"{sf_key}_{b:04d}_{j:02d}.flac") for j in range(n_pieces)]
-    done = os.path.join(out, "music", f".batch_{b:04d}.done")
+    paths = [os.path.join(out, sub, f"{sf_key}_{b:04d}_{j:02d}.flac") for j in range(n_pieces)]
+    done = os.path.join(out, sub, f".batch_{b:04d}.done")
     if os.path.exists(done):
         return 0
     events, spans, t0 = [], [], 0.5
     for j in range(n_pieces):
         rng = np.random.default_rng([seed, b, j])
         dur = float(rng.uniform(4, 14))
-        for t, m in piece_events(rng, dur):
+        for t, m in piece_events(rng, dur, solo=sub == "music_solo"):
             events.append((t0 + t, m))
         spans.append((t0, dur + 1.0))
         events += reset_events(t0 + dur + 1.2)
@@ -473,13 +474,18 @@ def _music_batch(args):
     return made
 
 
-def cmd_music(out: str, seconds: float, jobs: int, seed: int = 2):
+def cmd_music(out: str, seconds: float, jobs: int, seed: int = 2, sub: str = "music"):
     n_pieces = 40  # per batch, ~6 minutes of audio
     n_batches = max(1, int(round(seconds / (n_pieces * 9.0))))
-    os.makedirs(os.path.join(out, "music"), exist_ok=True)
+    os.makedirs(os.path.join(out, sub), exist_ok=True)
     with ProcessPoolExecutor(jobs) as ex:
-        made = sum(ex.map(_music_batch, [(out, b, seed, n_pieces) for b in range(n_batches)]))
-    print(f"  music: {n_batches} batches, wrote {made} new files", flush=True)
+        made = sum(ex.map(_music_batch, [(out, sub, b, seed, n_pieces) for b in range(n_batches)]))
+    print(f"  {sub}: {n_batches} batches, wrote {made} new files", flush=True)
+
+
+def cmd_music_solo(out: str, seconds: float, jobs: int):
+    """Solo lines: one instrument, no drums (the seed differs from cmd_music's)."""
+    cmd_music(out, seconds, jobs, seed=6, sub="music_solo")
 
 
 # --- real speech and sounds ----------------------------------------------------------------------
@@ -741,7 +747,7 @@ def cmd_pack(out: str, seed: int = 5):
 
 def cmd_summary(out: str):
     rows, gt_n, gt_s = [], 0, 0.0
-    for sub in ("speech_real", "speech_tts", "music", "sounds"):
+    for sub in ("speech_real", "speech_tts", "music", "music_solo", "sounds"):
         n, s, bad, u2, u3 = 0, 0.0, 0, 0, 0
         for p in glob.glob(os.path.join(out, sub, "**", "*.*"), recursive=True):
             if p.endswith((".flac", ".wav")):
@@ -762,7 +768,8 @@ def cmd_summary(out: str):
 
 def main():
     ap = argparse.ArgumentParser()
-    ap.add_argument("cmd", choices=["speech_real", "sounds", "tts", "music", "pack", "summary"])
+    ap.add_argument("cmd", choices=["speech_real", "sounds", "tts", "music", "music_solo", "pack",
+                                    "summary"])
     ap.add_argument("out")
     ap.add_argument("seconds", nargs="?", type=float, default=0)
     ap.add_argument("--jobs", type=int, default=2)
@@ -773,7 +780,7 @@ def main():
         cmd_pack(a.out)
     else:
         {"speech_real": cmd_speech_real, "sounds": cmd_sounds, "tts": cmd_tts,
-         "music": cmd_music}[a.cmd](a.out, a.seconds, a.jobs)
+         "music": cmd_music, "music_solo": cmd_music_solo}[a.cmd](a.out, a.seconds, a.jobs)
 
 
 if __name__ == "__main__":
