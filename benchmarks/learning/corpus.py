@@ -8,6 +8,7 @@ resumable: an output file that exists (or that `pack` has packed) is never rewri
     python corpus.py sounds      OUT SECONDS
     python corpus.py tts         OUT SECONDS [--jobs 2]
     python corpus.py music       OUT SECONDS [--jobs 2]
+    python corpus.py music_solo  OUT SECONDS [--jobs 2]   (optional, not in make_corpus.sh)
     python corpus.py pack        OUT            (last: packs clips < 3 s into OUT/**/packed/*.flac)
     python corpus.py summary     OUT
 
