@@ -748,7 +748,8 @@ def cmd_pack(out: str, seed: int = 5):
 
 def cmd_summary(out: str):
     rows, gt_n, gt_s = [], 0, 0.0
-    for sub in ("speech_real", "speech_tts", "music", "music_solo", "sounds"):
+    optional = [d for d in ("music_solo",) if os.path.isdir(os.path.join(out, d))]
+    for sub in ("speech_real", "speech_tts", "music", *optional, "sounds"):
         n, s, bad, u2, u3 = 0, 0.0, 0, 0, 0
         for p in glob.glob(os.path.join(out, sub, "**", "*.*"), recursive=True):
             if p.endswith((".flac", ".wav")):
