@@ -137,3 +137,48 @@ def test_pitch_twin_settings_that_cannot_work_are_refused(change, message):
     config.augment.update(change)
     with pytest.raises(ValueError, match=message):
         configuration.validate(config)
+
+
+def mix_config(**changes):
+    config = ml_collections.ConfigDict(dict(mix_prob=1.0, mix_snr_db_low=0.0,
+                                            mix_snr_db_high=10.0))
+    config.update(changes)
+    return config
+
+
+def test_mixing_overlays_another_clips_crop_at_the_drawn_ratio():
+    # 4 clips x 2 crops, each crop a tone of its own clip's frequency: crop i's interferer is the
+    # next clip's crop (i + 2, cyclically), never its own clip's.
+    hz = np.repeat([300.0, 700.0, 1100.0, 1900.0], 2)
+    audio = tones(hz)
+    mixed = augment.mix_sources(jax.random.PRNGKey(4), audio, 2, mix_config())
+    np.testing.assert_allclose(np.mean(np.square(mixed), -1), 1, rtol=1e-3)
+    spectrum = np.abs(np.fft.rfft(np.asarray(mixed, np.float64), axis=-1)) ** 2
+    for i in range(8):
+        own, other = spectrum[i, int(hz[i])], spectrum[i, int(hz[(i + 2) % 8])]
+        ratio_db = 10 * np.log10(own / other)
+        assert 0.0 - 0.5 <= ratio_db <= 10.0 + 0.5, (i, ratio_db)
+    draws = [10 * np.log10(spectrum[i, int(hz[i])] / spectrum[i, int(hz[(i + 2) % 8])])
+             for i in range(8)]
+    assert np.ptp(draws) > 1.0  # a ratio drawn per crop, not one for all
+
+
+def test_mixing_touches_the_drawn_share_deterministically_and_prob_zero_is_identity():
+    audio = jax.random.normal(jax.random.PRNGKey(5), (400, 1000))
+    out = augment.mix_sources(jax.random.PRNGKey(6), audio, 2, mix_config(mix_prob=0.3))
+    changed = np.any(np.asarray(out != audio), axis=-1)
+    assert 0.2 < changed.mean() < 0.4
+    np.testing.assert_array_equal(
+        out, augment.mix_sources(jax.random.PRNGKey(6), audio, 2, mix_config(mix_prob=0.3)))
+    np.testing.assert_array_equal(
+        augment.mix_sources(jax.random.PRNGKey(6), audio, 2, mix_config(mix_prob=0.0)), audio)
+
+
+@pytest.mark.parametrize("changes,field", [(dict(mix_prob=1.5), "mix_prob"),
+                                           (dict(mix_prob=0.5, mix_snr_db_low=12.0),
+                                            "mix_snr_db_low")])
+def test_mixing_settings_that_cannot_work_name_their_field(changes, field):
+    config = configuration.default_config()
+    config.augment.update(changes)
+    with pytest.raises(ValueError, match=field):
+        configuration.validate(config)

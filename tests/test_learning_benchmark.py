@@ -83,3 +83,63 @@ def test_make_corpus_answers_help_without_installing_or_building_anything(tmp_pa
                              text=True, timeout=30)
     assert refused.returncode == 2 and "unknown option --out" in refused.stderr
     assert os.listdir(tmp_path) == []
+
+
+def search_script(*args, **env):
+    return subprocess.run(["bash", os.path.join(ROOT, "benchmarks", "gpu_learning_search.sh"),
+                           *args], capture_output=True, text=True, timeout=900,
+                          env=dict(os.environ, **env))
+
+
+@pytest.mark.slow
+def test_gpu_learning_search_runs_variants_side_by_side_and_keeps_three_files(tmp_path):
+    source = tmp_path / "source"
+    for i in range(4):
+        os.makedirs(source / "corpus", exist_ok=True)
+        soundfile.write(str(source / "corpus" / f"{i}.wav"),
+                        procedural.generate_clip(i, 3.0, RATE)[0], RATE)
+    write_task(str(source / "tasks"), np.random.default_rng(0))
+    for part in ("corpus", "tasks"):
+        subprocess.run([sys.executable, os.path.join(ROOT, "benchmarks", "learning", "pack.py"),
+                        "pack", str(source / part), str(tmp_path / "packed" / part)], check=True,
+                       capture_output=True)
+    steps = "--config.total_steps=4 --config.log_every=2"
+    (tmp_path / "variants.txt").write_text(
+        f"# a comment, then a blank line\n\nb_seed1: {steps} --config.seed=1\n"
+        "bad: --config.no_such=1")
+    result = search_script(str(tmp_path / "packed"), str(tmp_path / "out"), f"a: {steps}",
+                           f"@{tmp_path / 'variants.txt'}",
+                           CONFIG="configs/tiny.py", FRACTIONS="0,1", SNRS="0", WORKERS="0",
+                           SCRATCH=str(tmp_path / "scratch"))
+    # The failing variant makes the exit status say so; the others still finish.
+    assert result.returncode == 1, (result.stdout + result.stderr)[-3000:]
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [
+        "logs.txt", "results.json", "summary.md"]
+    summary = (tmp_path / "out" / "summary.md").read_text()
+    assert "## a: exit 0" in summary and "## b_seed1: exit 0" in summary
+    assert "## bad: exit 1" in summary and "(no table)" in summary
+    assert summary.count("| task | condition | logmel | step 0 | step 4 |") == 2
+    results = json.loads((tmp_path / "out" / "results.json").read_text())
+    assert results["bad"] is None
+    # One log-mel baseline for all; each variant its own step 0 (seed 1: another init).
+    a, b = results["a"]["results"]["tones"], results["b_seed1"]["results"]["tones"]
+    assert a["logmel"]["test"] == b["logmel"]["test"]
+    assert a["step 0"]["random_init"] and b["step 0"]["random_init"]
+
+
+def test_gpu_learning_search_explains_its_arguments(tmp_path):
+    usage = search_script()
+    assert usage.returncode == 2 and "PACKED OUT_DIR" in usage.stdout
+    (tmp_path / "packed").mkdir()
+    bad = search_script(str(tmp_path / "packed"), str(tmp_path / "out"), "no colon here")
+    assert bad.returncode == 2 and "expected 'NAME: OVERRIDES'" in bad.stderr
+    twice = search_script(str(tmp_path / "packed"), str(tmp_path / "out"), "a: x", "a: y")
+    assert twice.returncode == 2 and "given twice" in twice.stderr
+    missing = search_script(str(tmp_path / "packed"), str(tmp_path / "out"), "a: x",
+                            SCRATCH=str(tmp_path / "scratch"))
+    assert missing.returncode == 2 and "corpus: missing" in missing.stderr
+    (tmp_path / "empty.txt").write_text("# nothing but a comment\n")
+    for file, message in (("empty.txt", "no variants given"), ("none.txt", "none.txt: missing")):
+        result = search_script(str(tmp_path / "packed"), str(tmp_path / "out"),
+                               f"@{tmp_path / file}")
+        assert result.returncode == 2 and message in result.stderr

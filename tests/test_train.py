@@ -379,3 +379,13 @@ def test_pitch_twins_reach_the_step(batches):
     config.augment.pitch_twins = False
     plain, _ = run_steps(config, jax.devices()[:1], batches[:2])
     assert np.all(np.isfinite(twins)) and twins != plain
+
+
+def test_source_mixing_reaches_the_context_branch_only(batches):
+    config = tiny_config()
+    config.data.crops_per_clip = 2
+    config.augment.mix_prob = 1.0
+    mixed, _ = run_steps(config, jax.devices()[:1], batches[:2])
+    config.augment.mix_prob = 0.0
+    plain, _ = run_steps(config, jax.devices()[:1], batches[:2])
+    assert np.all(np.isfinite(mixed)) and mixed != plain

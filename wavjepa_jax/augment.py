@@ -13,6 +13,11 @@ pitch (and tempo) alone: the second half of a batch's clips is replaced by copie
 half played slower (pitch down by a drawn number of semitones, all crops of a twin alike), both
 low-passed to the twin's bandwidth so that bandwidth cannot tell them apart. A contrastive clip term
 must then keep pitch to tell a clip from its twin, where otherwise it keeps timbre alone.
+
+Source mixing (`mix_prob`, off by default) overlays, on a share of the context inputs, a crop of
+another clip of the batch at a primary-to-interferer ratio drawn in [mix_snr_db_low,
+mix_snr_db_high] dB, as WavLM's utterance mixing: the targets stay the primary crop's, so the
+encoder must describe the dominant source and ignore a real, structured interferer.
 """
 
 from __future__ import annotations
@@ -56,6 +61,26 @@ def context_noise(key: jax.Array, audio: jax.Array, config: ml_collections.Confi
     colour = jax.random.uniform(k_colour, (batch,), maxval=config.max_colour)
     noisy = add_noise(k_noise, audio.astype(jnp.float32), snr_db, colour).astype(audio.dtype)
     return jnp.where(apply[:, None], noisy, audio)
+
+
+def mix_sources(key: jax.Array, audio: jax.Array, crops_per_clip: int,
+                config: ml_collections.ConfigDict) -> jax.Array:
+    """audio [batch, samples] (a clip's crops adjacent) with, on a share `config.mix_prob` of the
+    crops, the crop `crops_per_clip` rows on (another clip, cyclically) added at a primary-to-
+    interferer power ratio drawn uniformly in [mix_snr_db_low, mix_snr_db_high] dB; every mixed
+    crop re-standardised, the others returned as they are."""
+    k_apply, k_snr = jax.random.split(key)
+    batch = audio.shape[0]
+    apply = jax.random.uniform(k_apply, (batch,)) < config.mix_prob
+    snr_db = jax.random.uniform(k_snr, (batch,), minval=config.mix_snr_db_low,
+                                maxval=config.mix_snr_db_high)
+    primary = audio.astype(jnp.float32)
+    other = jnp.roll(primary, -crops_per_clip, axis=0)
+    power = lambda x: jnp.mean(jnp.square(x), -1, keepdims=True)  # noqa: E731
+    gain = jnp.sqrt(power(primary) * 10.0 ** (-snr_db[:, None] / 10.0)
+                    / (power(other) + STANDARDISE_EPS))
+    mixed = standardise(primary + gain * other).astype(audio.dtype)
+    return jnp.where(apply[:, None], mixed, audio)
 
 
 def standardise(audio: jax.Array) -> jax.Array:
@@ -104,7 +129,12 @@ def pitch_twins(key: jax.Array, audio: jax.Array, crops_per_clip: int,
 
 
 def validate_noise_config(config: ml_collections.ConfigDict) -> None:
-    """ValueError, naming the field, for noise settings that cannot work."""
+    """ValueError, naming the field, for noise and mixing settings that cannot work."""
+    if not 0.0 <= config.get("mix_prob", 0.0) <= 1.0:
+        raise ValueError(f"augment.mix_prob={config.mix_prob} must be in [0, 1]")
+    if config.get("mix_prob", 0.0) and config.mix_snr_db_low > config.mix_snr_db_high:
+        raise ValueError(f"augment.mix_snr_db_low={config.mix_snr_db_low} is above "
+                         f"augment.mix_snr_db_high={config.mix_snr_db_high}")
     if not 0.0 <= config.prob <= 1.0:
         raise ValueError(f"augment.prob={config.prob} must be in [0, 1]")
     if config.snr_db_low > config.snr_db_high:

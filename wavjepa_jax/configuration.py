@@ -242,9 +242,12 @@ def default_config() -> ml_collections.ConfigDict:
     # uniformly in [snr_db_low, snr_db_high] dB against each crop (wavjepa_jax/augment.py).
     # pitch_twins: the second half of each batch's clips replaced by slowed-down (pitch-shifted)
     # copies of the first half, twin_semitones_low..high lower: hard negatives for the clip term.
+    # mix_prob: a share of the context inputs with another clip's crop overlaid, mix_snr_db_low..
+    # high dB below it (before the noise); the targets stay the primary crop's.
     config.augment = ml_collections.ConfigDict(dict(
         prob=0.0, snr_db_low=-5.0, snr_db_high=20.0, max_colour=2.0,
-        pitch_twins=False, twin_semitones_low=1.0, twin_semitones_high=4.0))
+        pitch_twins=False, twin_semitones_low=1.0, twin_semitones_high=4.0,
+        mix_prob=0.0, mix_snr_db_low=0.0, mix_snr_db_high=10.0))
 
     config.checkpoint = ml_collections.ConfigDict(dict(
         every=5_000, keep=3, async_save=True,
@@ -286,6 +289,7 @@ def validate_channels(config: ml_collections.ConfigDict) -> None:
             raise ValueError(f"model.in_channels={channels}: the time/channel positional code "
                              "needs model.encoder_width and model.predictor_width divisible by 4")
         for field, value in (("augment.prob", config.augment.prob),
+                             ("augment.mix_prob", config.augment.get("mix_prob", 0.0)),
                              ("augment.pitch_twins", config.augment.get("pitch_twins", False)),
                              ("loss.spectrogram_weight", config.loss.get("spectrogram_weight", 0)),
                              ("loss.statistics_weight", config.loss.get("statistics_weight", 0))):

@@ -71,6 +71,7 @@ def make_train_step(model: WavJEPA, config: ml_collections.ConfigDict,
         statistics_weight=config.loss.get("statistics_weight", 0.0),
         partner_weight=config.loss.get("partner_weight", 0.0))
     noisy_context = config.augment.prob > 0
+    mixed_context = config.augment.get("mix_prob", 0.0) > 0
     pitch_twins = config.augment.get("pitch_twins", False)
 
     def logged_only(step_done, compute):
@@ -91,8 +92,14 @@ def make_train_step(model: WavJEPA, config: ml_collections.ConfigDict,
         if pitch_twins:
             audio = augment.pitch_twins(jax.random.fold_in(step_key, 2), audio,
                                         config.data.crops_per_clip, config.augment)
-        context_audio = (augment.context_noise(jax.random.fold_in(step_key, 1), audio,
-                                               config.augment) if noisy_context else None)
+        context_audio = audio
+        if mixed_context:
+            context_audio = augment.mix_sources(jax.random.fold_in(step_key, 3), context_audio,
+                                                config.data.crops_per_clip, config.augment)
+        if noisy_context:
+            context_audio = augment.context_noise(jax.random.fold_in(step_key, 1), context_audio,
+                                                  config.augment)
+        context_audio = context_audio if (mixed_context or noisy_context) else None
 
         def loss_of(params):
             outputs = loss_fn(params, state.target_params, audio, masks,
