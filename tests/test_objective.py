@@ -564,6 +564,45 @@ def test_chroma_bins_extend_the_head_and_are_weighted_on_their_own():
                                       + 3 * mse(predicted[..., 16:], chroma), rel=1e-4)
 
 
+def test_coefficients_score_only_the_envelopes_cepstrum_next_to_the_pitch_classes():
+    model, params, context, masks, audio = spectrogram_head_and_batch(spectrogram_bands=16,
+                                                                      chroma_bins=12)
+
+    def loss(coefficients):
+        term = objective.SpectrogramTerm(1.0, 60.0, "cepstrum", chroma_weight=2.0,
+                                         coefficients=coefficients)
+        return float(objective.context_spectrogram_loss(model, params, audio, None, context,
+                                                        masks, 200, term))
+    head = params["spectrogram_head"]["out"]
+    predicted = np.asarray(context @ head["kernel"] + head["bias"])
+    at_context = lambda x: np.asarray(objective.gather_frames(x, masks.context_idx))  # noqa: E731
+    cepstrum = at_context(objective.targets_from_log_mels(
+        objective.floored_log_mels(audio, 200, 240, 16, 60.0), "cepstrum"))
+    chroma = at_context(objective.chroma_targets(audio, 200, 240, 60.0))
+    valid = np.asarray(masks.context_valid)
+    mse = lambda p, t: np.mean(np.mean((p - t) ** 2, -1)[valid])  # noqa: E731
+    pitch = 2 * mse(predicted[..., 16:], chroma)
+    assert loss(5) == pytest.approx(mse(predicted[..., :5], cepstrum[..., :5]) + pitch, rel=1e-4)
+    assert loss(0) == pytest.approx(mse(predicted[..., :16], cepstrum) + pitch, rel=1e-4)
+    assert loss(16) == pytest.approx(loss(0), rel=1e-6)
+
+
+@pytest.mark.parametrize("change, message", [
+    (dict(target="mel"), "needs loss.spectrogram_target='cepstrum'"),
+    (dict(coefficients=65), "0 < N <= model.spectrogram_bands \\(64\\)"),
+    (dict(coefficients=-3), "0 < N <= model.spectrogram_bands"),
+    (dict(mel_weight=1.0), "use one of them"),
+])
+def test_coefficient_settings_that_cannot_work_are_refused(change, message):
+    config = configuration.default_config()
+    config.loss.spectrogram_weight, config.model.spectrogram_bands = 1.0, 64
+    config.loss.spectrogram_target = change.get("target", "cepstrum")
+    config.loss.spectrogram_coefficients = change.get("coefficients", 20)
+    config.loss.spectrogram_mel_weight = change.get("mel_weight", 0.0)
+    with pytest.raises(ValueError, match="loss.spectrogram_coefficients=.*" + message):
+        configuration.validate(config)
+
+
 @pytest.mark.parametrize("change, message", [
     (dict(chroma_bins=12), "model.chroma_bins=12 must be >= 0, and > 0 only with"),
     (dict(chroma_bins=-1, spectrogram=True), "model.chroma_bins=-1 must be >= 0"),

@@ -216,6 +216,8 @@ def default_config() -> ml_collections.ConfigDict:
     # spectrogram_mel_weight ("cepstrum" only): also score the prediction mapped back to
     # standardised log-mels, with this weight (the envelope's weight back, next to the ripple's);
     # spectrogram_clean_only: only on the crops whose context input augment left clean.
+    # spectrogram_coefficients ("cepstrum" only, > 0): score only the first N coefficients (the
+    # envelope, as MFCCs), the fine structure left to the pitch-class outputs; 0: all.
     # A statistics term (0: off): each crop's mean-pooled context output regresses, through a
     # linear head, the mean and the standard deviation over frames of each of the
     # model.statistics_bands log-mel bands of the clean crop (floored as the spectrogram term's),
@@ -232,6 +234,7 @@ def default_config() -> ml_collections.ConfigDict:
                                    # (implicit feature modification; 0: plain InfoNCE).
         spectrogram_weight=0.0, spectrogram_floor_db=0.0, spectrogram_target="mel",
         spectrogram_mel_weight=0.0, spectrogram_clean_only=False, spectrogram_chroma_weight=1.0,
+        spectrogram_coefficients=0,
         statistics_weight=0.0,
         partner_weight=0.0))       # > 0: the partner term (objective.partner_loss): each crop's
                                    # pooled context, through model.partner_predictor's head,
@@ -421,6 +424,18 @@ def validate(config: ml_collections.ConfigDict, mesh=None, process_count: int = 
         raise ValueError(f"loss.spectrogram_mel_weight={config.loss.spectrogram_mel_weight} "
                          "scores a cepstral prediction as log-mels: it needs "
                          "loss.spectrogram_target='cepstrum'")
+    coefficients = config.loss.get("spectrogram_coefficients", 0)
+    if coefficients:
+        bands = config.model.get("spectrogram_bands", 0)
+        if config.loss.get("spectrogram_target", "mel") != "cepstrum" or not (
+                0 < coefficients <= bands):
+            raise ValueError(f"loss.spectrogram_coefficients={coefficients} scores the first "
+                             "cepstral coefficients: it needs loss.spectrogram_target='cepstrum' "
+                             f"and 0 < N <= model.spectrogram_bands ({bands})")
+        if config.loss.get("spectrogram_mel_weight", 0.0):
+            raise ValueError(f"loss.spectrogram_coefficients={coefficients} and loss."
+                             "spectrogram_mel_weight map different parts of the cepstrum: "
+                             "use one of them")
     if config.loss.clip_weight:
         if config.loss.clip_objective not in ("contrastive", "vicreg"):
             raise ValueError(f"loss.clip_objective={config.loss.clip_objective!r} must be "

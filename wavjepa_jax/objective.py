@@ -40,6 +40,7 @@ from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from wavjepa_jax import frontend as frontend_lib
 from wavjepa_jax import logmel
@@ -276,6 +277,9 @@ class SpectrogramTerm(NamedTuple):
     clean_only: only on the crops whose context input is the clean audio.
     chroma_weight: the weight of the pitch-class error (model.chroma_bins > 0), next to the
                 spectral one.
+    coefficients: target "cepstrum" only, > 0: score only the first `coefficients` cepstral
+                coefficients (the spectral envelope, as MFCCs), leaving the fine structure (the
+                harmonic ripple of a pitch) to the pitch-class outputs; 0: all of them.
     """
 
     weight: float = 0.0
@@ -284,6 +288,7 @@ class SpectrogramTerm(NamedTuple):
     mel_weight: float = 0.0
     clean_only: bool = False
     chroma_weight: float = 1.0
+    coefficients: int = 0
 
     @classmethod
     def from_config(cls, loss) -> "SpectrogramTerm":
@@ -539,13 +544,16 @@ def context_spectrogram_loss(model: WavJEPA, params, audio, context_audio, conte
     valid = masks.context_valid
     if term.clean_only:
         valid = valid & clean_context_crops(audio, context_audio)[:, None]
+    rest = head.bands + head.onset_bands  # Spectral (and onset) outputs; pitch classes after.
+    spectral = (predicted[..., :rest], targets[..., :rest]) if head.chroma_bins else (predicted,
+                                                                                      targets)
+    if term.coefficients:  # The envelope's coefficients (and any onsets), static indices.
+        scored = np.r_[0:term.coefficients, head.bands:rest]
+        spectral = tuple(x[..., scored] for x in spectral)
+    loss = frame_regression_loss(*spectral, valid)
     if head.chroma_bins:  # The pitch-class error weighted on its own, next to the rest.
-        rest = head.bands + head.onset_bands
-        loss = (frame_regression_loss(predicted[..., :rest], targets[..., :rest], valid)
-                + term.chroma_weight * frame_regression_loss(predicted[..., rest:],
-                                                             targets[..., rest:], valid))
-    else:
-        loss = frame_regression_loss(predicted, targets, valid)
+        loss += term.chroma_weight * frame_regression_loss(predicted[..., rest:],
+                                                           targets[..., rest:], valid)
     if term.mel_weight:
         spectral = slice(0, head.bands)  # The onsets are no cepstrum: left out of this error.
         error_as_mels = cepstral_error_as_mels(
