@@ -540,51 +540,47 @@ def test_chroma_targets_peak_at_the_tones_pitch_class(f0, pitch_class, monkeypat
     assert np.argmax(octave[0, 100]) == pitch_class
 
 
-def test_chroma_bins_extend_the_head_and_are_weighted_on_their_own():
-    model, params, context, masks, audio = spectrogram_head_and_batch(spectrogram_bands=16,
+def chroma_head_by_hand(bands=16):
+    """A spectrogram head of `bands` cepstral and 12 pitch-class outputs on a batch, its loss
+    for a SpectrogramTerm's settings, and what the loss must be, by hand: (loss(**term),
+    predicted, cepstral targets, pitch-class targets, mse over the valid context frames)."""
+    model, params, context, masks, audio = spectrogram_head_and_batch(spectrogram_bands=bands,
                                                                       chroma_bins=12)
-    assert params["spectrogram_head"]["out"]["kernel"].shape == (context.shape[-1], 28)
 
-    def loss(chroma_weight):
-        term = objective.SpectrogramTerm(1.0, 60.0, "cepstrum", chroma_weight=chroma_weight)
+    def loss(**term):
+        term = objective.SpectrogramTerm(1.0, 60.0, "cepstrum", **term)
         return float(objective.context_spectrogram_loss(model, params, audio, None, context,
                                                         masks, 200, term))
-    # By hand: the cepstral error over its 16 outputs plus w x the chroma error over its 12.
     head = params["spectrogram_head"]["out"]
     predicted = np.asarray(context @ head["kernel"] + head["bias"])
     at_context = lambda x: np.asarray(objective.gather_frames(x, masks.context_idx))  # noqa: E731
     cepstrum = at_context(objective.targets_from_log_mels(
-        objective.floored_log_mels(audio, 200, 240, 16, 60.0), "cepstrum"))
+        objective.floored_log_mels(audio, 200, 240, bands, 60.0), "cepstrum"))
     chroma = at_context(objective.chroma_targets(audio, 200, 240, 60.0))
     valid = np.asarray(masks.context_valid)
     mse = lambda p, t: np.mean(np.mean((p - t) ** 2, -1)[valid])  # noqa: E731
-    assert loss(1.0) == pytest.approx(mse(predicted[..., :16], cepstrum)
-                                      + mse(predicted[..., 16:], chroma), rel=1e-4)
-    assert loss(3.0) == pytest.approx(mse(predicted[..., :16], cepstrum)
-                                      + 3 * mse(predicted[..., 16:], chroma), rel=1e-4)
+    return loss, predicted, cepstrum, chroma, mse
+
+
+def test_chroma_bins_extend_the_head_and_are_weighted_on_their_own():
+    loss, predicted, cepstrum, chroma, mse = chroma_head_by_hand(bands=16)
+    assert predicted.shape[-1] == 28
+    # The cepstral error over its 16 outputs plus w x the chroma error over its 12.
+    assert loss(chroma_weight=1.0) == pytest.approx(mse(predicted[..., :16], cepstrum)
+                                                    + mse(predicted[..., 16:], chroma), rel=1e-4)
+    assert loss(chroma_weight=3.0) == pytest.approx(
+        mse(predicted[..., :16], cepstrum) + 3 * mse(predicted[..., 16:], chroma), rel=1e-4)
 
 
 def test_coefficients_score_only_the_envelopes_cepstrum_next_to_the_pitch_classes():
-    model, params, context, masks, audio = spectrogram_head_and_batch(spectrogram_bands=16,
-                                                                      chroma_bins=12)
-
-    def loss(coefficients):
-        term = objective.SpectrogramTerm(1.0, 60.0, "cepstrum", chroma_weight=2.0,
-                                         coefficients=coefficients)
-        return float(objective.context_spectrogram_loss(model, params, audio, None, context,
-                                                        masks, 200, term))
-    head = params["spectrogram_head"]["out"]
-    predicted = np.asarray(context @ head["kernel"] + head["bias"])
-    at_context = lambda x: np.asarray(objective.gather_frames(x, masks.context_idx))  # noqa: E731
-    cepstrum = at_context(objective.targets_from_log_mels(
-        objective.floored_log_mels(audio, 200, 240, 16, 60.0), "cepstrum"))
-    chroma = at_context(objective.chroma_targets(audio, 200, 240, 60.0))
-    valid = np.asarray(masks.context_valid)
-    mse = lambda p, t: np.mean(np.mean((p - t) ** 2, -1)[valid])  # noqa: E731
+    loss, predicted, cepstrum, chroma, mse = chroma_head_by_hand(bands=16)
     pitch = 2 * mse(predicted[..., 16:], chroma)
-    assert loss(5) == pytest.approx(mse(predicted[..., :5], cepstrum[..., :5]) + pitch, rel=1e-4)
-    assert loss(0) == pytest.approx(mse(predicted[..., :16], cepstrum) + pitch, rel=1e-4)
-    assert loss(16) == pytest.approx(loss(0), rel=1e-6)
+    assert loss(chroma_weight=2.0, coefficients=5) == pytest.approx(
+        mse(predicted[..., :5], cepstrum[..., :5]) + pitch, rel=1e-4)
+    assert loss(chroma_weight=2.0, coefficients=0) == pytest.approx(
+        mse(predicted[..., :16], cepstrum) + pitch, rel=1e-4)
+    assert loss(chroma_weight=2.0, coefficients=16) == pytest.approx(
+        loss(chroma_weight=2.0, coefficients=0), rel=1e-6)
 
 
 @pytest.mark.parametrize("change, message", [
