@@ -449,7 +449,7 @@ def render(events, sf_key: str, total_s: float) -> np.ndarray:
 
 
 def _music_batch(args):
-    out, sub, b, seed, n_pieces = args
+    out, sub, b, seed, n_pieces, solo = args
     sf_key = "tim" if b % 2 == 0 else "msg"
     paths = [os.path.join(out, sub, f"{sf_key}_{b:04d}_{j:02d}.flac") for j in range(n_pieces)]
     done = os.path.join(out, sub, f".batch_{b:04d}.done")
@@ -459,7 +459,7 @@ def _music_batch(args):
     for j in range(n_pieces):
         rng = np.random.default_rng([seed, b, j])
         dur = float(rng.uniform(4, 14))
-        for t, m in piece_events(rng, dur, solo=sub == "music_solo"):
+        for t, m in piece_events(rng, dur, solo=solo):
             events.append((t0 + t, m))
         spans.append((t0, dur + 1.0))
         events += reset_events(t0 + dur + 1.2)
@@ -475,18 +475,20 @@ def _music_batch(args):
     return made
 
 
-def cmd_music(out: str, seconds: float, jobs: int, seed: int = 2, sub: str = "music"):
+def cmd_music(out: str, seconds: float, jobs: int, seed: int = 2, sub: str = "music",
+              solo: bool = False):
     n_pieces = 40  # per batch, ~6 minutes of audio
     n_batches = max(1, int(round(seconds / (n_pieces * 9.0))))
     os.makedirs(os.path.join(out, sub), exist_ok=True)
     with ProcessPoolExecutor(jobs) as ex:
-        made = sum(ex.map(_music_batch, [(out, sub, b, seed, n_pieces) for b in range(n_batches)]))
+        made = sum(ex.map(_music_batch, [(out, sub, b, seed, n_pieces, solo)
+                                         for b in range(n_batches)]))
     print(f"  {sub}: {n_batches} batches, wrote {made} new files", flush=True)
 
 
 def cmd_music_solo(out: str, seconds: float, jobs: int):
     """Solo lines: one instrument, no drums (the seed differs from cmd_music's)."""
-    cmd_music(out, seconds, jobs, seed=6, sub="music_solo")
+    cmd_music(out, seconds, jobs, seed=6, sub="music_solo", solo=True)
 
 
 # --- real speech and sounds ----------------------------------------------------------------------
