@@ -85,11 +85,19 @@ def decode(job: tuple[str, str]) -> int:
     return len(audio)
 
 
+def run_all(fn, work: list, jobs: int) -> list:
+    """fn over work, in `jobs` processes (in this one for jobs 1: no fork, e.g. under a test
+    process that runs JAX's threads)."""
+    if jobs <= 1:
+        return [fn(job) for job in work]
+    with ProcessPoolExecutor(jobs) as pool:
+        return list(pool.map(fn, work, chunksize=16))
+
+
 def pack(src: str, dst: str, hours: float | None, level: float, jobs: int) -> None:
     files = choose_subset(src, audio_files(src), hours)
     work = [(os.path.join(src, f), os.path.join(dst, f + ".ogg"), level) for f in files]
-    with ProcessPoolExecutor(jobs) as pool:
-        sizes = list(pool.map(encode, work, chunksize=16))
+    sizes = run_all(encode, work, jobs)
     total = sum(seconds(w[0]) for w in work)
     print(f"packed {len(files)} files, {total / 3600:.2f} h, into {dst}: "
           f"{sum(sizes) / 2**20:.1f} MiB ({8 * sum(sizes) / 1000 / max(total, 1e-9):.1f} kbit/s)")
@@ -104,8 +112,7 @@ def unpack(src: str, dst: str, jobs: int) -> None:
         raise ValueError(f"{src}: {clashes} packed files would unpack to a name another one "
                          "takes (e.g. a.flac.ogg and a.wav.ogg); rename them apart")
     work = [(os.path.join(src, f), os.path.join(dst, o)) for f, o in zip(files, outs)]
-    with ProcessPoolExecutor(jobs) as pool:
-        frames = sum(pool.map(decode, work, chunksize=16))
+    frames = sum(run_all(decode, work, jobs))
     print(f"unpacked {len(files)} files, {frames / RATE / 3600:.2f} h, into {dst}")
 
 
