@@ -23,6 +23,7 @@ step 0 and each variant all see the same audio), not figures measured on the ori
 from __future__ import annotations
 
 import argparse
+import functools
 import os
 import sys
 from concurrent.futures import ProcessPoolExecutor
@@ -46,6 +47,7 @@ def audio_files(root: str, extensions=AUDIO_EXTENSIONS) -> list[str]:
     return sorted(found)
 
 
+@functools.lru_cache(maxsize=None)  # Read once: the subset choice and the summary both ask.
 def seconds(path: str) -> float:
     info = sf.info(path)
     return info.frames / info.samplerate
