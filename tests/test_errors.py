@@ -466,6 +466,7 @@ def _set(config, field, value):
     ({"optim.eps": -1e-8}, 1, r"optim\.eps=-1e-08 must be > 0"),
     ({"optim.clip_norm": 0.0}, 1, r"optim\.clip_norm=0\.0 must be > 0"),
     ({"optim.warmup_steps": -5}, 1, r"optim\.warmup_steps=-5 must be >= 0"),
+    ({"optim.frontend_lr_scale": -0.1}, 1, r"optim\.frontend_lr_scale=-0\.1 must be >= 0"),
     ({"ema.start": 1.5}, 1, r"ema\.start=1\.5 must be in \[0, 1\]"),
     ({"ema.anneal_steps": -1}, 1, r"ema\.anneal_steps=-1 must be >= 0"),
 ])

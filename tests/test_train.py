@@ -11,7 +11,7 @@ import pytest
 
 from wavjepa_jax import configuration, sharding, train
 from wavjepa_jax.train_state import (create_train_state, ema_decay_schedule,
-                                     learning_rate_schedule)
+                                     learning_rate_schedule, make_optimizer)
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RELEASE_GFLOPS_PER_CROP = 269.0
@@ -182,6 +182,44 @@ def test_schedules_scale_with_the_run_when_given_as_fractions():
     config.ema.anneal_fraction = 0.0                                  # Back to absolute steps.
     assert float(ema_decay_schedule(config.ema, 2_000)(1_000)) == pytest.approx(
         0.999 + 0.01 * (0.99999 - 0.999))
+
+
+def test_frontend_lr_scale_multiplies_only_the_front_ends_updates():
+    config = tiny_config()
+    config.optim.update(warmup_steps=0, warmup_fraction=0.0)
+    rng = np.random.default_rng(1)
+    params = {name: {"kernel": rng.standard_normal((3, 4)).astype(np.float32)}
+              for name in ("frontend", "encoder", "predictor")}
+    grads = jax.tree.map(lambda p: rng.standard_normal(p.shape).astype(np.float32), params)
+
+    def first_updates(scale):
+        config.optim.frontend_lr_scale = scale
+        optimizer = make_optimizer(config)
+        updates, _ = optimizer.update(grads, optimizer.init(params), params)
+        return jax.device_get(updates)
+
+    plain, slow = first_updates(1.0), first_updates(0.25)
+    assert np.abs(plain["frontend"]["kernel"]).min() > 0
+    np.testing.assert_allclose(slow["frontend"]["kernel"], 0.25 * plain["frontend"]["kernel"],
+                               rtol=1e-6)
+    for branch in ("encoder", "predictor"):
+        np.testing.assert_array_equal(slow[branch]["kernel"], plain[branch]["kernel"])
+
+
+def test_a_zero_frontend_lr_scale_trains_everything_but_the_front_end(batches):
+    config = tiny_config()
+    config.optim.frontend_lr_scale = 0.0
+    mesh = sharding.make_mesh(config, jax.devices()[:1])
+    training = train.build(config, mesh)
+    with jax.set_mesh(mesh), nn.logical_axis_rules(sharding.LOGICAL_RULES):
+        start = jax.device_get(create_train_state(training.model, config, training.optimizer,
+                                                  training.shardings).params)
+    _, state = run_steps(config, jax.devices()[:1], batches[:3])
+    end = jax.device_get(state.params)
+    for before, after in zip(jax.tree.leaves(start["frontend"]), jax.tree.leaves(end["frontend"])):
+        np.testing.assert_array_equal(before, after)
+    assert any(not np.array_equal(b, a) for b, a in zip(jax.tree.leaves(start["encoder"]),
+                                                        jax.tree.leaves(end["encoder"])))
 
 
 def test_batch_not_divisible_by_the_data_axes_is_refused():

@@ -150,6 +150,8 @@ def default_config() -> ml_collections.ConfigDict:
         lr=4e-4, warmup_steps=100_000, end_lr=0.0,
         warmup_fraction=0.0,       # > 0: warmup over this fraction of total_steps instead.
         b1=0.9, b2=0.98, eps=1e-6, weight_decay=0.04, clip_norm=5.0,
+        frontend_lr_scale=1.0,     # != 1: the conv front end's learning rate is lr x this
+                                   # (wav2vec 2.0 slows its feature encoder; 1: the release).
     ))
     config.ema = ml_collections.ConfigDict(dict(
         start=0.999, end=0.99999, anneal_steps=100_000,
@@ -545,6 +547,8 @@ def validate_optimiser(config: ml_collections.ConfigDict) -> None:
         ("optim.weight_decay", optim.weight_decay, optim.weight_decay >= 0, "must be >= 0"),
         ("optim.clip_norm", optim.clip_norm, optim.clip_norm > 0,
          "must be > 0 (the global gradient norm is clipped to it)"),
+        ("optim.frontend_lr_scale", optim.frontend_lr_scale, optim.frontend_lr_scale >= 0,
+         "must be >= 0 (the front end's learning rate is lr x this; 0 freezes it)"),
         ("ema.start", ema.start, 0 <= ema.start <= 1,
          "must be in [0, 1] (the EMA decay: 1 keeps the target frozen)"),
         ("ema.end", ema.end, 0 <= ema.end <= 1, "must be in [0, 1]"),
