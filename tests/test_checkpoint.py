@@ -252,6 +252,25 @@ def test_resume_on_another_mesh(env8, reference, tmp_path):
         np.testing.assert_allclose(rows[step][0]["loss"], expected[step][0]["loss"], rtol=1e-5)
 
 
+def test_a_checkpoint_resumes_under_another_frontend_lr_scale(reference, tmp_path):
+    """The front end's learning-rate multiplier leaves the optimiser state's layout as it is, so
+    a run saved at 1 restores at 0.5 (a warned config change), every array as it was saved."""
+    shutil.copytree(reference["workdir"] / "checkpoints" / "15", tmp_path / "checkpoints" / "15")
+    config = tiny_config("--config.optim.frontend_lr_scale=0.5")
+    mesh = sharding.make_mesh(config)
+    shardings, abstract = state_shardings(WavJEPA.from_config(config.model), config, mesh,
+                                          make_optimizer(config))
+    from wavjepa_jax import data
+    data_iter = data.make_train_iterator(config)
+    with checkpoint.Checkpointer(str(tmp_path), config) as checkpoints:
+        state = checkpoints.restore_latest(checkpoint.with_shardings(abstract, shardings),
+                                           data_iter)
+    resaved = tmp_path / "resaved"
+    with checkpoint.Checkpointer(str(resaved), config) as checkpoints:
+        assert checkpoints.save(15, state, data_iter, force=True)
+    assert_same_state(resaved, reference["workdir"], step=15)
+
+
 def test_damaged_newest_checkpoint_falls_back(env, reference, tmp_path):
     """A truncated array file in the newest checkpoint, and a save that never finished: both are
     skipped with a warning, the previous checkpoint loads and the run ends as the reference."""

@@ -59,26 +59,26 @@ def make_optimizer(config: ml_collections.ConfigDict) -> optax.GradientTransform
     """Global-norm clipping, then AdamW with weight decay on every parameter (as the release);
     `optim.frontend_lr_scale` != 1 then scales the front end's updates (its learning rate)."""
     optim = config.optim
-    transforms = [
-        optax.clip_by_global_norm(optim.clip_norm),
-        optax.adamw(learning_rate_schedule(optim, config.total_steps), b1=optim.b1, b2=optim.b2,
-                    eps=optim.eps, weight_decay=optim.weight_decay)]
+    adamw = optax.adamw(learning_rate_schedule(optim, config.total_steps), b1=optim.b1,
+                        b2=optim.b2, eps=optim.eps, weight_decay=optim.weight_decay)
     if optim.frontend_lr_scale != 1.0:
-        transforms.append(scale_branch_updates("frontend", optim.frontend_lr_scale))
-    return optax.chain(*transforms)
+        adamw = scale_branch_updates(adamw, "frontend", optim.frontend_lr_scale)
+    return optax.chain(optax.clip_by_global_norm(optim.clip_norm), adamw)
 
 
-def scale_branch_updates(branch: str, factor: float) -> optax.GradientTransformation:
-    """Multiplies the updates of `params[branch]` by `factor` (after AdamW, so it acts as that
-    branch's learning-rate multiplier, weight decay included; a gradient multiplier would not,
-    since Adam divides the gradient's scale out). Stateless: the optimiser state is unchanged."""
+def scale_branch_updates(inner: optax.GradientTransformation, branch: str,
+                         factor: float) -> optax.GradientTransformation:
+    """`inner` with the updates of `params[branch]` multiplied by `factor`: after AdamW that is
+    the branch's learning-rate multiplier, weight decay included (a gradient multiplier would
+    not be, since Adam divides the gradient's scale out). The state is `inner`'s own, so a
+    checkpoint resumes under any factor."""
     def update(updates, state, params=None):
-        del params
+        updates, state = inner.update(updates, state, params)
         scaled = dict(updates)
         scaled[branch] = jax.tree.map(lambda u: u * factor, updates[branch])
         return scaled, state
 
-    return optax.GradientTransformation(lambda params: optax.EmptyState(), update)
+    return optax.GradientTransformation(inner.init, update)
 
 
 def ema_update(target_params, params, decay):
