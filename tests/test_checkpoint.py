@@ -141,6 +141,26 @@ def tiny_config(*overrides):
     return config
 
 
+def restore_then_save_again(reference, tmp_path, *overrides):
+    """The reference's step 15 restored in this process under the config with `overrides`, and
+    saved again into a new workdir: (the restored state, that workdir)."""
+    source = tmp_path / "source"
+    shutil.copytree(reference["workdir"] / "checkpoints" / "15", source / "checkpoints" / "15")
+    config = tiny_config(*overrides)
+    mesh = sharding.make_mesh(config)
+    shardings, abstract = state_shardings(WavJEPA.from_config(config.model), config, mesh,
+                                          make_optimizer(config))
+    from wavjepa_jax import data
+    data_iter = data.make_train_iterator(config)
+    with checkpoint.Checkpointer(str(source), config) as checkpoints:
+        state = checkpoints.restore_latest(checkpoint.with_shardings(abstract, shardings),
+                                           data_iter)
+    workdir = tmp_path / "saved_again"
+    with checkpoint.Checkpointer(str(workdir), config) as checkpoints:
+        assert checkpoints.save(15, state, data_iter, force=True)
+    return state, workdir
+
+
 @pytest.fixture(scope="module")
 def reference(env, tmp_path_factory):
     """One uninterrupted 20-step run."""
@@ -225,21 +245,8 @@ def test_resume_on_another_mesh(env8, reference, tmp_path):
     Losses then match the one-device reference to float32 rounding (rtol 1e-5), not bitwise:
     the meshes sum gradients and norms in different orders.
     """
-    source = tmp_path / "source"
-    shutil.copytree(reference["workdir"] / "checkpoints" / "15", source / "checkpoints" / "15")
-    config = tiny_config("--config.mesh.data=8")
-    mesh = sharding.make_mesh(config)
-    shardings, abstract = state_shardings(WavJEPA.from_config(config.model), config, mesh,
-                                          make_optimizer(config))
-    from wavjepa_jax import data
-    data_iter = data.make_train_iterator(config)
-    with checkpoint.Checkpointer(str(source), config) as checkpoints:
-        state = checkpoints.restore_latest(checkpoint.with_shardings(abstract, shardings),
-                                           data_iter)
+    state, workdir = restore_then_save_again(reference, tmp_path, "--config.mesh.data=8")
     assert all(leaf.sharding.mesh.shape["data"] == 8 for leaf in jax.tree.leaves(state))
-    workdir = tmp_path / "resharded"
-    with checkpoint.Checkpointer(str(workdir), config) as checkpoints:
-        assert checkpoints.save(15, state, data_iter, force=True)
     assert_same_state(workdir, reference["workdir"], step=15)
 
     result = train(env8, workdir, "--config.mesh.data=2", "--config.mesh.fsdp=4")
@@ -255,20 +262,9 @@ def test_resume_on_another_mesh(env8, reference, tmp_path):
 def test_a_checkpoint_resumes_under_another_frontend_lr_scale(reference, tmp_path):
     """The front end's learning-rate multiplier leaves the optimiser state's layout as it is, so
     a run saved at 1 restores at 0.5 (a warned config change), every array as it was saved."""
-    shutil.copytree(reference["workdir"] / "checkpoints" / "15", tmp_path / "checkpoints" / "15")
-    config = tiny_config("--config.optim.frontend_lr_scale=0.5")
-    mesh = sharding.make_mesh(config)
-    shardings, abstract = state_shardings(WavJEPA.from_config(config.model), config, mesh,
-                                          make_optimizer(config))
-    from wavjepa_jax import data
-    data_iter = data.make_train_iterator(config)
-    with checkpoint.Checkpointer(str(tmp_path), config) as checkpoints:
-        state = checkpoints.restore_latest(checkpoint.with_shardings(abstract, shardings),
-                                           data_iter)
-    resaved = tmp_path / "resaved"
-    with checkpoint.Checkpointer(str(resaved), config) as checkpoints:
-        assert checkpoints.save(15, state, data_iter, force=True)
-    assert_same_state(resaved, reference["workdir"], step=15)
+    _, workdir = restore_then_save_again(reference, tmp_path,
+                                         "--config.optim.frontend_lr_scale=0.5")
+    assert_same_state(workdir, reference["workdir"], step=15)
 
 
 def test_damaged_newest_checkpoint_falls_back(env, reference, tmp_path):
@@ -294,6 +290,7 @@ def test_damaged_newest_checkpoint_falls_back(env, reference, tmp_path):
 
 
 def test_first_ctrl_c_asks_for_a_save_and_a_second_one_quits():
+    before = signal.getsignal(signal.SIGINT)   # Not always Python's: nohup'd shells ignore it.
     with checkpoint.StopSignal() as stop:
         os.kill(os.getpid(), signal.SIGINT)
         time.sleep(0.1)
@@ -301,7 +298,7 @@ def test_first_ctrl_c_asks_for_a_save_and_a_second_one_quits():
         with pytest.raises(KeyboardInterrupt):
             os.kill(os.getpid(), signal.SIGINT)
             time.sleep(0.1)
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    assert signal.getsignal(signal.SIGINT) is before
 
 
 def test_a_fresh_run_sets_aside_the_old_metrics_and_tensorboard_events(tmp_path):
