@@ -143,3 +143,27 @@ def test_gpu_learning_search_explains_its_arguments(tmp_path):
         result = search_script(str(tmp_path / "packed"), str(tmp_path / "out"),
                                f"@{tmp_path / file}")
         assert result.returncode == 2 and message in result.stderr
+
+
+def test_every_variant_of_the_prepared_gpu_search_is_a_valid_cpu_config():
+    """The search file is written for today's configs/cpu.py; a variant that no longer builds a
+    valid config would waste its share of a device call."""
+    from absl import flags
+    from ml_collections import config_flags
+
+    from wavjepa_jax import configuration
+    path = os.path.join(ROOT, "benchmarks", "learning", "gpu_search.txt")
+    with open(path) as file:
+        lines = [line for line in file if line.strip() and not line.lstrip().startswith("#")]
+    assert len(lines) >= 2
+    for line in lines:
+        name, _, overrides = line.partition(":")
+        argv = ["search", f"--config={os.path.join(ROOT, 'configs', 'cpu.py')}",
+                *overrides.split()]
+        values = flags.FlagValues()
+        config_flags.DEFINE_config_file("config", None, "", flag_values=values, sys_argv=argv)
+        values(argv)
+        try:
+            configuration.validate(values.config)
+        except ValueError as error:
+            raise AssertionError(f"gpu_search.txt variant {name!r}: {error}") from error
