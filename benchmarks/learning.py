@@ -96,16 +96,21 @@ def cached(out: str, args) -> dict | None:
         return None
     if reverb_flags(args) and results.get("reverb_rooms") != (args.reverb_rooms or "statistical"):
         return None
+    if results.get("features") == "encoder" and results.get("pooling", "mean") != args.pooling:
+        return None
     return results
 
 
 def probe(args, task: str, model: str, extra: list[str], log_path: str) -> dict:
-    out = os.path.join(args.workdir, "probes", f"{task}__{model}.json")
+    pooled = model != "logmel" and args.pooling != "mean"
+    out = os.path.join(args.workdir, "probes",
+                       f"{task}__{model}{f'__{args.pooling}' if pooled else ''}.json")
     results = cached(out, args)
     if results is None:
         run([sys.executable, "-m", "wavjepa_jax.probe", f"--data={os.path.join(args.tasks, task)}",
              f"--out={out}", f"--noise-snr={args.snrs}", f"--seed={args.probe_seed}",
-             *reverb_flags(args), *extra], log_path)
+             *reverb_flags(args), *(["--pooling=" + args.pooling] if pooled else []), *extra],
+            log_path)
         with open(out) as f:
             results = json.load(f)
     return results
@@ -186,6 +191,9 @@ def main() -> None:
     parser.add_argument("--reverb-rooms", default="",
                         help="--reverb with this folder of room responses (probe --reverb-rooms).")
     parser.add_argument("--probe-seed", type=int, default=0)
+    parser.add_argument("--pooling", choices=("mean", "meanstd"), default="mean",
+                        help="How the encoder probes pool frames into a clip vector (probe "
+                             "--pooling); the log-mel baseline always pools mean and std.")
     parser.add_argument("--no-logmel", action="store_true",
                         help="Leave out the log-mel baseline (it does not depend on the run).")
     parser.add_argument("--no-train", action="store_true",
@@ -230,6 +238,7 @@ def main() -> None:
     report = [f"# Learning benchmark: {config_name} {' '.join(overrides)}", "",
               f"{datetime.date.today()}, {platform.node()}, {os.cpu_count()} CPU cores; "
               f"{total} steps"
+              + (f", encoder probes pooled {args.pooling}" if args.pooling != "mean" else "")
               + (f", pretraining {train_seconds / 60:.1f} min" if train_seconds else "")
               + f", probing {(time.time() - started) / 60:.1f} min", "", *lines, "",
               *sampling_noise(results), "", *monitors(args.workdir, list(steps.values()))]
@@ -238,7 +247,8 @@ def main() -> None:
         f.write("\n".join(report) + "\n")
     with open(os.path.join(args.workdir, "learning.json"), "w") as f:
         json.dump({"config": config_name, "overrides": overrides, "steps": steps,
-                   "train_seconds": train_seconds, "results": results}, f, indent=1)
+                   "pooling": args.pooling, "train_seconds": train_seconds,
+                   "results": results}, f, indent=1)
 
 
 if __name__ == "__main__":

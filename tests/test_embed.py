@@ -159,6 +159,12 @@ def test_batches_agree_with_single_clips(encoder):
     np.testing.assert_allclose(batch.frames[2], encoder.embed(equal[2], RATE).frames, atol=2e-5)
     np.testing.assert_allclose(encoder.embed_clip(equal, RATE), batch.frames.mean(1), atol=1e-6)
     assert encoder.embed_clip(clips, RATE).shape == (3, 64)
+    pooled = encoder.embed_clip(equal, RATE, pooling="meanstd")
+    np.testing.assert_allclose(pooled, np.concatenate(
+        [batch.frames.mean(1), batch.frames.std(1)], axis=-1), atol=1e-6)
+    assert encoder.embed_clip(clips, RATE, pooling="meanstd").shape == (3, 128)
+    with pytest.raises(ValueError, match="pooling='max': expected one of"):
+        encoder.embed_clip(clips, RATE, pooling="max")
 
 
 def test_channels_are_mixed_and_rates_resampled(encoder):

@@ -94,6 +94,20 @@ def test_random_init_baseline_with_an_mlp_head(trained_encoder, dataset, tmp_pat
     # of a random init already separate flat noise from harmonic tones.
 
 
+def test_meanstd_pooling_doubles_the_clip_vector_and_is_recorded(trained_encoder, dataset,
+                                                                 tmp_path):
+    out = tmp_path / "meanstd.json"
+    probe.main(["--encoder", trained_encoder, "--data", dataset, "--out", str(out),
+                "--pooling", "meanstd", "--steps", "100"])
+    results = json.loads(out.read_text())
+    assert results["pooling"] == "meanstd" and results["test"] >= 0.9
+    featurizer = probe.EncoderFeatures(probe.load_encoder(trained_encoder), pooling="meanstd")
+    clips = [np.random.default_rng(0).standard_normal((1, 16_000)).astype(np.float32)]
+    frames = featurizer.encoder.embed(clips[0], featurizer.sample_rate).frames
+    np.testing.assert_allclose(featurizer.embed_clips(clips)[0],
+                               np.concatenate([frames.mean(0), frames.std(0)]), atol=1e-6)
+
+
 class WavjepaProbeTones(tfds.core.GeneratorBasedBuilder):
     """8 kHz int16 tones: a single label (low/high pitch) and multi-label tags."""
 
@@ -330,6 +344,7 @@ def test_reverberant_test_clips_are_seeded_and_keep_their_level():
 @pytest.mark.parametrize("argv,message", [
     (["--features", "logmel", "--encoder", "DIR"], "--encoder: only with --features encoder"),
     (["--features", "logmel", "--random-init"], "--random-init: only with"),
+    (["--features", "logmel", "--pooling", "meanstd"], "--pooling: only with --features encoder"),
     ([], "--features encoder needs --encoder"),
     (["--encoder", "DIR", "--init-seed", "3"], "--init-seed: only with --random-init"),
     (["--features", "logmel", "--batch-size", "0"], "--batch-size: 0 must be positive"),

@@ -121,6 +121,14 @@ def _split_input(audio) -> tuple[list[np.ndarray], str]:
                      f"or a list of clips, got shape {array.shape}")
 
 
+def _mean_std_over_frames(frames: np.ndarray) -> np.ndarray:
+    """[..., frames, width] -> [..., 2 * width]: the mean, then the std, over frames."""
+    return np.concatenate([frames.mean(axis=-2), frames.std(axis=-2)], axis=-1)
+
+
+_POOLINGS = {"mean": lambda frames: frames.mean(axis=-2), "meanstd": _mean_std_over_frames}
+
+
 def _bucket(n: int, cap: int) -> int:
     """The smallest power of two >= n, at most cap."""
     return min(1 << max(n - 1, 0).bit_length(), cap)
@@ -249,13 +257,22 @@ class AudioEncoder:
                               np.stack([r.timestamps for r in results]))
         return results
 
-    def embed_clip(self, audio, sample_rate: int, *, window: bool = True) -> np.ndarray:
-        """One vector per clip, the mean of its frame embeddings: [width] for one clip,
-        [batch, width] for a batch array or a list."""
+    def embed_clip(self, audio, sample_rate: int, *, window: bool = True,
+                   pooling: str = "mean") -> np.ndarray:
+        """One vector per clip from its frame embeddings: [dim] for one clip, [batch, dim] for
+        a batch array or a list.
+
+        pooling: "mean" (default, the release's clip embedding: dim = width) or "meanstd" (the
+        mean, then the standard deviation over frames: dim = 2 x width; statistics pooling, as
+        the log-mel baseline pools its bands).
+        """
+        pool = _POOLINGS.get(pooling)
+        if pool is None:
+            raise ValueError(f"pooling={pooling!r}: expected one of {sorted(_POOLINGS)}")
         out = self.embed(audio, sample_rate, window=window)
         if isinstance(out, list):
-            return np.stack([e.frames.mean(axis=0) for e in out])
-        return out.frames.mean(axis=-2)
+            return np.stack([pool(e.frames) for e in out])
+        return pool(out.frames)
 
     def prepare(self, audio, sample_rate: int) -> Prepared:
         """The encoder inputs `embed` builds, for your own jitted code (fine-tuning, a probe

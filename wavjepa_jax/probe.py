@@ -10,8 +10,8 @@ Data: a folder `DATA/{train,test}/<class>/<clip>` of audio files (one label per 
 prepared TFDS dataset whose label feature is a ClassLabel (single-label: accuracy) or a sequence
 of ClassLabels (multi-label: mAP). Each clip becomes one vector: with `--features encoder` (the
 default) the mean of its frame embeddings (`AudioEncoder.embed_clip`, 2.01 s windows as the
-release); with `--features logmel` the mean and standard deviation over frames of its 64-band
-log-mel spectrogram (wavjepa_jax.logmel). Features are standardised with training statistics; a
+release; `--pooling meanstd` appends their standard deviation); with `--features logmel` the
+mean and standard deviation over frames of its 64-band log-mel spectrogram (wavjepa_jax.logmel). Features are standardised with training statistics; a
 validation split carved (stratified) from train picks the AdamW weight decay of the sweep, and the
 selected head is scored on test. With --noise-snr the test clips are also featurized with white
 noise added at each SNR (dB, relative to the clip's RMS as the features receive it: resampled to
@@ -139,10 +139,11 @@ class Featurizer(Protocol):
 
 @dataclasses.dataclass
 class EncoderFeatures:
-    """An AudioEncoder's clip embeddings (the mean over frames) as a Featurizer."""
+    """An AudioEncoder's clip embeddings (pooled over frames) as a Featurizer."""
 
     encoder: AudioEncoder
     window: bool = True  # 2.01 s chunks as the release; False: each clip as one sequence
+    pooling: str = "mean"  # or "meanstd": mean and std over frames (AudioEncoder.embed_clip)
 
     kind = "encoder"
 
@@ -159,7 +160,8 @@ class EncoderFeatures:
         return self.encoder.config.get("source", {})
 
     def embed_clips(self, clips: list[np.ndarray]) -> np.ndarray:
-        return self.encoder.embed_clip(list(clips), self.sample_rate, window=self.window)
+        return self.encoder.embed_clip(list(clips), self.sample_rate, window=self.window,
+                                       pooling=self.pooling)
 
 
 def white_noise(clip: np.ndarray, snr_db: float, rng: np.random.Generator) -> np.ndarray:
@@ -425,7 +427,8 @@ def make_featurizer(parser: argparse.ArgumentParser, args) -> Featurizer:
         given = [flag for flag, value in (("--encoder", args.encoder),
                                           ("--random-init", args.random_init),
                                           ("--init-seed", args.init_seed is not None),
-                                          ("--whole", args.whole)) if value]
+                                          ("--whole", args.whole),
+                                          ("--pooling", args.pooling != "mean")) if value]
         if given:
             parser.error(f"{', '.join(given)}: only with --features encoder")
         return LogMelFeatures()
@@ -437,7 +440,7 @@ def make_featurizer(parser: argparse.ArgumentParser, args) -> Featurizer:
         encoder = AudioEncoder.random_init(export.read_config(args.encoder), seed=args.init_seed)
     else:
         encoder = load_encoder(args.encoder)
-    return EncoderFeatures(encoder, window=not args.whole)
+    return EncoderFeatures(encoder, window=not args.whole, pooling=args.pooling)
 
 
 def describe(args) -> str:
@@ -489,6 +492,10 @@ def main(argv=None) -> None:
     parser.add_argument("--whole", action="store_true",
                         help="Encode each clip as one sequence instead of 2.01 s windows "
                              "(compiles once per distinct clip length).")
+    parser.add_argument("--pooling", choices=("mean", "meanstd"), default="mean",
+                        help="--features encoder: a clip's vector is the mean of its frame "
+                             "embeddings (default, the release's) or their mean and standard "
+                             "deviation (statistics pooling, as the log-mel baseline).")
     parser.add_argument("--tfds-data-dir", default=None)
     parser.add_argument("--train-split", default="train")
     parser.add_argument("--test-split", default="test")
@@ -547,6 +554,8 @@ def _run(parser: argparse.ArgumentParser, args) -> None:
         batch_size=args.batch_size, lr=args.lr, batch_clips=args.batch_clips, seed=args.seed,
         max_skipped=args.max_skipped)
     results.update(encoder=args.encoder, data=args.data, random_init=args.random_init)
+    if args.features == "encoder":
+        results["pooling"] = args.pooling
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
     with open(args.out, "w") as f:
         json.dump(results, f, indent=2)
