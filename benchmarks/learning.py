@@ -11,7 +11,8 @@ r"""Does pretraining learn? Pretrain, export along the way, probe every export, 
    initialisation (`probe --random-init` builds exactly the step-0 weights of the run's seed).
 3. `python -m wavjepa_jax.probe` on every task folder (TASKS/<task>/{train,test}/<class>/...)
    for the log-mel baseline (`--features logmel`), step 0 and each checkpoint, clean and with
-   white noise at each SNR.
+   white noise at each SNR (`--pooling meanstd`: the encoders' clip vectors are the mean and
+   std of their frames, in files of their own, `probe --pooling`).
 4. One table: task x condition rows, one column per model, plus the mean over tasks; then how
    finely each task's test split measures (test clips, the standard error of a cell); written
    with the per-probe JSON files and the run's collapse monitors to WORKDIR/learning.json and

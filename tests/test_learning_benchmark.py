@@ -1,5 +1,6 @@
 """benchmarks/learning.py end to end at tiny size: train, export, probe, one table."""
 
+import argparse
 import json
 import os
 import subprocess
@@ -62,6 +63,46 @@ def test_learning_benchmark_prints_one_table(tmp_path):
     assert step0["reverb_rooms"] == "statistical" and "test_reverb" in step0
     assert (workdir / "learning.md").read_text().count("| tones |") == 4  # 3 rows + its noise
     assert "| tones | 6 | 16.7 |" in result.stdout    # 6 test clips, one worth 16.7 points
+
+
+def test_meanstd_encoder_probes_get_their_own_files_and_never_reuse_mean_pooled_ones(
+        tmp_path, monkeypatch):
+    commands = []
+
+    def fake_run(command, log_path):
+        commands.append(command)
+        out = next(c for c in command if c.startswith("--out="))[len("--out="):]
+        encoder = "--features=logmel" not in command
+        pooling = next((c.split("=")[1] for c in command if c.startswith("--pooling=")), "mean")
+        with open(out, "w") as f:
+            json.dump({"test": 0.5, "test_noisy": {"0.0": 0.4},
+                       "features": "encoder" if encoder else "logmel",
+                       **({"pooling": pooling} if encoder else {})}, f)
+
+    monkeypatch.setattr(learning, "run", fake_run)
+    os.makedirs(tmp_path / "probes")
+    args = argparse.Namespace(workdir=str(tmp_path), tasks="/tasks", snrs="0", probe_seed=0,
+                              reverb=False, reverb_rooms="", pooling="mean")
+    log = str(tmp_path / "log")
+    learning.probe(args, "tones", "step_2", ["--encoder=E"], log)
+    assert not any(c.startswith("--pooling") for c in commands[-1])
+    args.pooling = "meanstd"
+    learning.probe(args, "tones", "step_2", ["--encoder=E"], log)
+    assert "--pooling=meanstd" in commands[-1]
+    assert (tmp_path / "probes" / "tones__step_2__meanstd.json").exists()
+    learning.probe(args, "tones", "logmel", ["--features=logmel"], log)   # Always mean and std.
+    assert not any(c.startswith("--pooling") for c in commands[-1])
+    assert (tmp_path / "probes" / "tones__logmel.json").exists() and len(commands) == 3
+    learning.probe(args, "tones", "step_2", ["--encoder=E"], log)         # Cached now.
+    assert len(commands) == 3
+    # A mean-pooled result (or one written before the option: no "pooling") is not a
+    # meanstd one, even under the meanstd file name.
+    mean_pooled = str(tmp_path / "probes" / "tones__step_2.json")
+    assert learning.cached(mean_pooled, args) is None
+    with open(mean_pooled, "w") as f:
+        json.dump({"test": 0.5, "test_noisy": {"0.0": 0.4}, "features": "encoder"}, f)
+    args.pooling = "mean"
+    assert learning.cached(mean_pooled, args)["test"] == 0.5
 
 
 def test_sampling_noise_is_the_binomial_error_at_the_mean_clean_score():
