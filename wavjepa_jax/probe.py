@@ -7,18 +7,19 @@ r"""Linear (or small MLP) probes on frozen clip features: an exported encoder's,
     python -m wavjepa_jax.probe --features logmel --data DATA --out r.json  # hand-crafted baseline
 
 Data: a folder `DATA/{train,test}/<class>/<clip>` of audio files (one label per clip), or a
-prepared TFDS dataset whose label feature is a ClassLabel (single-label: accuracy) or a sequence
-of ClassLabels (multi-label: mAP). Each clip becomes one vector: with `--features encoder` (the
+prepared TFDS dataset whose label feature is a ClassLabel (single-label: accuracy) or a sequence of
+ClassLabels (multi-label: mAP). Each clip becomes one vector: with `--features encoder` (the
 default) the mean of its frame embeddings (`AudioEncoder.embed_clip`, 2.01 s windows as the
-release; `--pooling meanstd` appends their standard deviation); with `--features logmel` the
-mean and standard deviation over frames of its 64-band log-mel spectrogram (wavjepa_jax.logmel). Features are standardised with training statistics; a
-validation split carved (stratified) from train picks the AdamW weight decay of the sweep, and the
-selected head is scored on test. With --noise-snr the test clips are also featurized with white
-noise added at each SNR (dB, relative to the clip's RMS as the features receive it: resampled to
-their rate, 16 kHz, and mixed to mono for a mono encoder) and scored with the same head. With
---reverb the test clips are also heard in simulated rooms (each clip through one impulse response
-of a seeded bank of statistical rooms, RT60 0.2-1.0 s, binaural for a 2-channel encoder; level
-kept) and scored the same way: clean / noisy / reverberant accuracy side by side.
+release; `--pooling meanstd` appends their standard deviation); with `--features logmel` the mean
+and standard deviation over frames of its 64-band log-mel spectrogram (wavjepa_jax.logmel).
+Features are standardised with training statistics; a validation split carved (stratified) from
+train picks the AdamW weight decay of the sweep, and the selected head is scored on test. With
+--noise-snr the test clips are also featurized with white noise added at each SNR (dB, relative to
+the clip's RMS as the features receive it: resampled to their rate, 16 kHz, and mixed to mono for a
+mono encoder) and scored with the same head. With --reverb the test clips are also heard in
+simulated rooms (each clip through one impulse response of a seeded bank of statistical rooms, RT60
+0.2-1.0 s, binaural for a 2-channel encoder; level kept) and scored the same way: clean / noisy /
+reverberant accuracy side by side.
 """
 
 from __future__ import annotations
