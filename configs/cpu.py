@@ -29,8 +29,8 @@ release's objective collapses within ~50 steps, so these options are on:
 Warmup and the EMA anneal are fractions of the run, so shorter or longer runs keep their shape.
 
 Measured (benchmarks/LEARNING.md, top section: 2026-12-07, 2,000 steps, 2-core CPU, 24-32 min
-of pretraining alone (41 min next to another run) + ~4 min probing, linear probes, mean of 5
-tasks), on `make_corpus.sh`'s corpus, seed 0: 39.3% (step 0) -> 64.5% clean (log-mel 61.2%),
+of pretraining alone (41 min next to another run; 65 min on a slower VM of the same kind, which
+gave the same table: part 17) + ~4 min probing, linear probes, mean of 5 tasks), on `make_corpus.sh`'s corpus, seed 0: 39.3% (step 0) -> 64.5% clean (log-mel 61.2%),
 27.1% -> 60.5% at 10 dB (36.5%) and 17.5% -> 59.2% at 0 dB SNR (20.4%). Pitch 42.2 -> 90.6,
 speaker 58.1 -> 91.2, language 37.8 -> 71.1, spoken digits 20.0 -> 33.3: above log-mel clean on
 pitch and language (speaker level), at 0 dB on all but digits (18.0 vs 20.0). Instrument
