@@ -14,6 +14,12 @@ half played slower (pitch down by a drawn number of semitones, all crops of a tw
 low-passed to the twin's bandwidth so that bandwidth cannot tell them apart. A contrastive clip term
 must then keep pitch to tell a clip from its twin, where otherwise it keeps timbre alone.
 
+Shifted views (`view_shift_prob`, off by default) play a share of the crops slower, pitch down by
+semitones drawn uniformly in [0, view_semitones] (each crop on its own), low-passed to its new
+bandwidth. A clip's two crops then differ in key and register, so a clip-level term cannot tell
+clips apart by their notes and must use what survives a pitch shift: timbre, voice, rhythm. Both
+branches and every target read the shifted crop, so the frame targets stay consistent with it.
+
 Source mixing (`mix_prob`, off by default) overlays, on a share of the context inputs, a crop of
 another clip of the batch at a primary-to-interferer ratio drawn in [mix_snr_db_low,
 mix_snr_db_high] dB, as WavLM's utterance mixing: the targets stay the primary crop's, so the
@@ -128,6 +134,19 @@ def pitch_twins(key: jax.Array, audio: jax.Array, crops_per_clip: int,
     return standardise(both).astype(audio.dtype)
 
 
+def shift_views(key: jax.Array, audio: jax.Array, config: ml_collections.ConfigDict) -> jax.Array:
+    """audio [batch, samples] with a share `config.view_shift_prob` of the crops played slower by
+    semitones drawn uniformly in [0, view_semitones] (one draw per crop), low-passed to the new
+    bandwidth and re-standardised; the other crops returned as they are."""
+    k_apply, k_semitones = jax.random.split(key)
+    batch = audio.shape[0]
+    apply = jax.random.uniform(k_apply, (batch,)) < config.view_shift_prob
+    semitones = jax.random.uniform(k_semitones, (batch,), maxval=config.view_semitones)
+    ratio = 2.0 ** (-semitones / 12.0)
+    shifted = standardise(low_pass(slow_down(audio.astype(jnp.float32), ratio), ratio))
+    return jnp.where(apply[:, None], shifted.astype(audio.dtype), audio)
+
+
 def validate_noise_config(config: ml_collections.ConfigDict) -> None:
     """ValueError, naming the field, for noise and mixing settings that cannot work."""
     if not 0.0 <= config.get("mix_prob", 0.0) <= 1.0:
@@ -135,6 +154,10 @@ def validate_noise_config(config: ml_collections.ConfigDict) -> None:
     if config.get("mix_prob", 0.0) and config.mix_snr_db_low > config.mix_snr_db_high:
         raise ValueError(f"augment.mix_snr_db_low={config.mix_snr_db_low} is above "
                          f"augment.mix_snr_db_high={config.mix_snr_db_high}")
+    if not 0.0 <= config.get("view_shift_prob", 0.0) <= 1.0:
+        raise ValueError(f"augment.view_shift_prob={config.view_shift_prob} must be in [0, 1]")
+    if config.get("view_shift_prob", 0.0) and not 0.0 < config.view_semitones <= 12.0:
+        raise ValueError(f"augment.view_semitones={config.view_semitones} must be in (0, 12]")
     if not 0.0 <= config.prob <= 1.0:
         raise ValueError(f"augment.prob={config.prob} must be in [0, 1]")
     if config.snr_db_low > config.snr_db_high:

@@ -249,9 +249,12 @@ def default_config() -> ml_collections.ConfigDict:
     # copies of the first half, twin_semitones_low..high lower: hard negatives for the clip term.
     # mix_prob: a share of the context inputs with another clip's crop overlaid, mix_snr_db_low..
     # high dB below it (before the noise); the targets stay the primary crop's.
+    # view_shift_prob: a share of the crops (both branches and targets) played slower, pitch down
+    # by 0..view_semitones: a clip's crops then differ in key, so the clip term must use timbre.
     config.augment = ml_collections.ConfigDict(dict(
         prob=0.0, snr_db_low=-5.0, snr_db_high=20.0, max_colour=2.0,
         pitch_twins=False, twin_semitones_low=1.0, twin_semitones_high=4.0,
+        view_shift_prob=0.0, view_semitones=4.0,
         mix_prob=0.0, mix_snr_db_low=0.0, mix_snr_db_high=10.0))
 
     config.checkpoint = ml_collections.ConfigDict(dict(
@@ -296,6 +299,7 @@ def validate_channels(config: ml_collections.ConfigDict) -> None:
         for field, value in (("augment.prob", config.augment.prob),
                              ("augment.mix_prob", config.augment.get("mix_prob", 0.0)),
                              ("augment.pitch_twins", config.augment.get("pitch_twins", False)),
+                             ("augment.view_shift_prob", config.augment.get("view_shift_prob", 0)),
                              ("loss.spectrogram_weight", config.loss.get("spectrogram_weight", 0)),
                              ("loss.statistics_weight", config.loss.get("statistics_weight", 0))):
             if value:

@@ -73,6 +73,7 @@ def make_train_step(model: WavJEPA, config: ml_collections.ConfigDict,
     noisy_context = config.augment.prob > 0
     mixed_context = config.augment.get("mix_prob", 0.0) > 0
     pitch_twins = config.augment.get("pitch_twins", False)
+    shifted_views = config.augment.get("view_shift_prob", 0.0) > 0
 
     def logged_only(step_done, compute):
         """compute() on the steps the loop logs (an SVD is not free on a pod); zeros otherwise."""
@@ -92,6 +93,8 @@ def make_train_step(model: WavJEPA, config: ml_collections.ConfigDict,
         if pitch_twins:
             audio = augment.pitch_twins(jax.random.fold_in(step_key, 2), audio,
                                         config.data.crops_per_clip, config.augment)
+        if shifted_views:
+            audio = augment.shift_views(jax.random.fold_in(step_key, 4), audio, config.augment)
         context_audio = audio
         if mixed_context:
             context_audio = augment.mix_sources(jax.random.fold_in(step_key, 3), context_audio,
