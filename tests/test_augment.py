@@ -182,3 +182,54 @@ def test_mixing_settings_that_cannot_work_name_their_field(changes, field):
     config.augment.update(changes)
     with pytest.raises(ValueError, match=field):
         configuration.validate(config)
+
+
+def view_config(**changes):
+    config = ml_collections.ConfigDict(dict(view_shift_prob=1.0, view_semitones=4.0))
+    config.update(changes)
+    return config
+
+
+def test_shifted_views_move_each_crop_down_by_its_own_draw_within_the_range():
+    hz = np.full(16, 1000.0)
+    out = augment.shift_views(jax.random.PRNGKey(0), tones(hz), view_config())
+    np.testing.assert_allclose(np.mean(np.square(np.asarray(out)), -1), 1, rtol=1e-3)
+    semitones = 12 * np.log2(hz / peak_frequency(out))
+    assert np.all((semitones > -0.1) & (semitones < 4.1))
+    assert np.ptp(semitones) > 1.0  # one draw per crop: a clip's two crops differ in key
+    np.testing.assert_array_equal(
+        out, augment.shift_views(jax.random.PRNGKey(0), tones(hz), view_config()))
+
+
+def test_shifted_views_touch_the_drawn_share_and_leave_no_images_above_the_new_bandwidth():
+    noise = jax.random.normal(jax.random.PRNGKey(4), (400, 16_000))
+    out = np.asarray(augment.shift_views(jax.random.PRNGKey(1), noise,
+                                         view_config(view_shift_prob=0.3)), np.float64)
+    changed = np.any(out != np.asarray(noise), axis=-1)
+    assert 0.2 < changed.mean() < 0.4
+    np.testing.assert_array_equal(out[~changed], np.asarray(noise)[~changed])
+    # A 1 kHz tone over white noise: the tone tells each crop's ratio, the noise its bandwidth.
+    marked = np.asarray(tones(np.full(4, 1000.0))) + 0.3 * np.asarray(noise[:4])
+    shifted = np.asarray(augment.shift_views(jax.random.PRNGKey(1), marked, view_config()),
+                         np.float64)
+    ratio = peak_frequency(shifted) / 1000.0
+    spectrum = np.abs(np.fft.rfft(shifted, axis=-1)) ** 2
+    for row, r in zip(spectrum, ratio):  # Hz = bins of a 1 s crop
+        cutoff = int(8000 * r)
+        assert row[cutoff + 20:].sum() / row.sum() < 1e-3, r  # no interpolation images
+        assert np.median(row[cutoff - 200:cutoff - 20]) > 0.1 * np.median(row[:cutoff]), r
+    np.testing.assert_array_equal(
+        augment.shift_views(jax.random.PRNGKey(1), noise, view_config(view_shift_prob=0.0)),
+        noise)
+
+
+@pytest.mark.parametrize("changes,field", [(dict(view_shift_prob=1.5), "view_shift_prob"),
+                                           (dict(view_shift_prob=0.5, view_semitones=0.0),
+                                            "view_semitones"),
+                                           (dict(view_shift_prob=0.5, view_semitones=13.0),
+                                            "view_semitones")])
+def test_view_shift_settings_that_cannot_work_name_their_field(changes, field):
+    config = configuration.default_config()
+    config.augment.update(changes)
+    with pytest.raises(ValueError, match=field):
+        configuration.validate(config)

@@ -419,6 +419,15 @@ def test_pitch_twins_reach_the_step(batches):
     assert np.all(np.isfinite(twins)) and twins != plain
 
 
+def test_shifted_views_reach_the_step(batches):
+    config = tiny_config()
+    config.augment.view_shift_prob = 1.0
+    shifted, _ = run_steps(config, jax.devices()[:1], batches[:2])
+    config.augment.view_shift_prob = 0.0
+    plain, _ = run_steps(config, jax.devices()[:1], batches[:2])
+    assert np.all(np.isfinite(shifted)) and shifted != plain
+
+
 def test_source_mixing_reaches_the_context_branch_only(batches):
     config = tiny_config()
     config.data.crops_per_clip = 2
