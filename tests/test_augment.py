@@ -174,10 +174,14 @@ def test_mixing_touches_the_drawn_share_deterministically_and_prob_zero_is_ident
         augment.mix_sources(jax.random.PRNGKey(6), audio, 2, mix_config(mix_prob=0.0)), audio)
 
 
-@pytest.mark.parametrize("changes,field", [(dict(mix_prob=1.5), "mix_prob"),
-                                           (dict(mix_prob=0.5, mix_snr_db_low=12.0),
-                                            "mix_snr_db_low")])
-def test_mixing_settings_that_cannot_work_name_their_field(changes, field):
+@pytest.mark.parametrize("changes,field", [
+    (dict(mix_prob=1.5), "mix_prob"),
+    (dict(mix_prob=0.5, mix_snr_db_low=12.0), "mix_snr_db_low"),
+    (dict(view_shift_prob=1.5), "view_shift_prob"),
+    (dict(view_shift_prob=0.5, view_semitones=0.0), "view_semitones"),
+    (dict(view_shift_prob=0.5, view_semitones=13.0), "view_semitones"),
+])
+def test_mixing_and_view_shift_settings_that_cannot_work_name_their_field(changes, field):
     config = configuration.default_config()
     config.augment.update(changes)
     with pytest.raises(ValueError, match=field):
@@ -221,15 +225,3 @@ def test_shifted_views_touch_the_drawn_share_and_leave_no_images_above_the_new_b
     np.testing.assert_array_equal(
         augment.shift_views(jax.random.PRNGKey(1), noise, view_config(view_shift_prob=0.0)),
         noise)
-
-
-@pytest.mark.parametrize("changes,field", [(dict(view_shift_prob=1.5), "view_shift_prob"),
-                                           (dict(view_shift_prob=0.5, view_semitones=0.0),
-                                            "view_semitones"),
-                                           (dict(view_shift_prob=0.5, view_semitones=13.0),
-                                            "view_semitones")])
-def test_view_shift_settings_that_cannot_work_name_their_field(changes, field):
-    config = configuration.default_config()
-    config.augment.update(changes)
-    with pytest.raises(ValueError, match=field):
-        configuration.validate(config)
