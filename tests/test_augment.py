@@ -225,3 +225,37 @@ def test_shifted_views_touch_the_drawn_share_and_leave_no_images_above_the_new_b
     np.testing.assert_array_equal(
         augment.shift_views(jax.random.PRNGKey(1), noise, view_config(view_shift_prob=0.0)),
         noise)
+
+
+def views_config(**augment_changes):
+    config = configuration.default_config()
+    config.data.crops_per_clip = 2
+    config.augment.update(augment_changes)
+    return config
+
+
+def test_training_views_apply_each_augmentation_to_its_branch_with_its_own_key():
+    key = jax.random.PRNGKey(3)
+    audio = jax.random.normal(jax.random.PRNGKey(4), (8, 4_000))
+    fold = lambda i: jax.random.fold_in(key, i)  # noqa: E731
+    # Nothing on: both branches read the crops as they are.
+    same, context = augment.training_views(key, audio, views_config(prob=0.0))
+    assert context is None and same is audio
+    # Noise and mixing reach the context branch only; the targets' audio stays clean.
+    noise_only = views_config(prob=1.0)
+    clean, noisy = augment.training_views(key, audio, noise_only)
+    assert clean is audio
+    np.testing.assert_array_equal(noisy, augment.context_noise(fold(1), audio, noise_only.augment))
+    mixing = views_config(prob=0.0, mix_prob=1.0)
+    clean, mixed = augment.training_views(key, audio, mixing)
+    assert clean is audio
+    np.testing.assert_array_equal(mixed, augment.mix_sources(fold(3), audio, 2, mixing.augment))
+    # Pitch twins and shifted views change both branches; everything on, in order.
+    every = views_config(prob=1.0, mix_prob=1.0, pitch_twins=True, view_shift_prob=1.0)
+    both, context = augment.training_views(key, audio, every)
+    twins = augment.pitch_twins(fold(2), audio, 2, every.augment)
+    shifted = augment.shift_views(fold(4), twins, every.augment)
+    np.testing.assert_array_equal(both, shifted)
+    np.testing.assert_array_equal(context, augment.context_noise(
+        fold(1), augment.mix_sources(fold(3), shifted, 2, every.augment), every.augment))
+    assert float(jnp.abs(both - audio).max()) > 0.1

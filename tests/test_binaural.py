@@ -10,6 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from conftest import fake_devices
 from wavjepa_jax import configuration, export, masking, objective, positions
 from wavjepa_jax.encoder_api import AudioEncoder
 from wavjepa_jax.frontend import FrontEnd, num_frames
@@ -199,7 +200,7 @@ def test_nat_tiny_trains_on_mono_clips_made_into_binaural_scenes(tmp_path):
     for i in range(4):
         soundfile.write(tmp_path / f"clip_{i}.wav", 0.1 * rng.standard_normal(48_000), 16_000)
     env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=repo,
-               XLA_FLAGS="--xla_force_host_platform_device_count=1")
+               XLA_FLAGS=fake_devices(1))
     result = subprocess.run(
         [sys.executable, "-m", "wavjepa_jax.train", "--config", "configs/nat_tiny.py",
          "--workdir", str(tmp_path / "run"), "--config.total_steps=3", "--config.log_every=1",

@@ -23,6 +23,7 @@ import jax
 import numpy as np
 import pytest
 
+from conftest import fake_devices
 from wavjepa_jax import checkpoint, sharding
 from wavjepa_jax.model import WavJEPA
 from wavjepa_jax.train_state import make_optimizer, state_shardings
@@ -58,7 +59,7 @@ def env(cache):
 @pytest.fixture(scope="module")
 def env8(cache):
     """Eight fake CPU devices, for resharding across meshes."""
-    return {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=8",
+    return {**os.environ, "XLA_FLAGS": fake_devices(8),
             "JAX_COMPILATION_CACHE_DIR": str(cache)}
 
 

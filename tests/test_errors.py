@@ -16,6 +16,7 @@ import soundfile
 
 import wavjepa_jax
 from test_export import trained_run
+from conftest import fake_devices
 from wavjepa_jax import (checkpoint, cli, configuration, convert, distributed, export, probe,
                          sharding, train)
 from wavjepa_jax.encoder_api import expected_param_shapes
@@ -48,7 +49,7 @@ def one_error_line(stderr: str) -> str:
 
 
 def train_cli(*args, cwd=REPO):
-    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=1",
+    env = dict(os.environ, XLA_FLAGS=fake_devices(1),
                JAX_PLATFORMS="cpu", PYTHONPATH=REPO)
     return subprocess.run([sys.executable, "-m", "wavjepa_jax.train", *args], cwd=cwd, env=env,
                           capture_output=True, text=True, timeout=600)

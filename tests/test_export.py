@@ -17,6 +17,7 @@ import pytest
 import soundfile
 
 import wavjepa_jax
+from conftest import fake_devices
 from wavjepa_jax import checkpoint, configuration, export
 from wavjepa_jax.data import audio as audio_lib
 from wavjepa_jax.model import WavJEPA
@@ -31,7 +32,7 @@ def trained_run(steps=2):
     process, so test_probe reads the same run instead of training again."""
     workdir = tempfile.mkdtemp(prefix="wavjepa_tiny_run_")
     atexit.register(shutil.rmtree, workdir, ignore_errors=True)
-    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=1",
+    env = dict(os.environ, XLA_FLAGS=fake_devices(1),
                JAX_PLATFORMS="cpu")
     subprocess.run(
         [sys.executable, "-m", "wavjepa_jax.train", "--config", "configs/tiny.py",

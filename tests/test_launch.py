@@ -374,7 +374,8 @@ def test_local_dry_run_starts_n_processes(stubs, tmp_path):
     result = _run("local_multiprocess.sh", [
         "--dry-run", "--num-processes", "3", "--devices-per-process", "4",
         "--config", "configs/tiny.py", "--workdir", str(workdir), "--", *OVERRIDES,
-    ], bin_dir)
+    ], bin_dir, env={"XLA_FLAGS": "--xla_cpu_enable_fast_math=false "
+                                  "--xla_force_host_platform_device_count=8"})
     commands = _commands(result)
     _assert_nothing_called(calls)
     assert not workdir.exists()
@@ -384,7 +385,9 @@ def test_local_dry_run_starts_n_processes(stubs, tmp_path):
     for process, command in enumerate(starts):
         words = shlex.split(command)
         assert "JAX_PLATFORMS=cpu" in words
-        assert "XLA_FLAGS=--xla_force_host_platform_device_count=4" in words
+        # The caller's XLA flags are kept, its device count replaced by ours.
+        assert ("XLA_FLAGS=--xla_cpu_enable_fast_math=false "
+                "--xla_force_host_platform_device_count=4") in words
         argv = words[words.index("-m") - 1:words.index(">")]
         coordinator = argv[argv.index("--coordinator_address") + 1]
         coordinators.add(coordinator)
@@ -402,7 +405,7 @@ def test_local_runs_all_processes_and_logs_each(tmp_path, stubs):
     result = _run("local_multiprocess.sh", [
         "--num-processes", "3", "--devices-per-process", "2", "--port", "12345",
         "--python", str(stub_python), "--workdir", str(workdir), "--", "--config.x=1",
-    ], stubs[0])
+    ], stubs[0], env={"XLA_FLAGS": ""})
     assert result.returncode == 0, result.stderr
     for process in range(3):
         log = (workdir / "logs" / f"process_{process}.log").read_text()

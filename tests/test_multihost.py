@@ -8,6 +8,8 @@ import sys
 import numpy as np
 import pytest
 
+from conftest import fake_devices
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 STEPS = 5
 OVERRIDES = [f"--config.total_steps={STEPS}", "--config.log_every=1", "--config.batch_size=16",
@@ -22,7 +24,7 @@ def losses(workdir):
 
 def single_process(workdir, devices, *extra):
     env = dict(os.environ, JAX_PLATFORMS="cpu",
-               XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}")
+               XLA_FLAGS=fake_devices(devices))
     result = subprocess.run(
         [sys.executable, "-m", "wavjepa_jax.train", "--config", "configs/tiny.py",
          "--workdir", str(workdir), *OVERRIDES, *extra],
@@ -76,7 +78,7 @@ def free_port():
 
 def test_processes_started_with_different_configs_stop_with_a_clear_error(tmp_path):
     port = free_port()
-    env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS="--xla_force_host_platform_device_count=1")
+    env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS=fake_devices(1))
     processes = [subprocess.Popen(
         [sys.executable, "-m", "wavjepa_jax.train", "--config", "configs/tiny.py",
          "--workdir", str(tmp_path), f"--config.seed={seed}",

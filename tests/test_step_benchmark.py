@@ -7,6 +7,8 @@ import sys
 
 import pytest
 
+from conftest import fake_devices
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
 
@@ -52,7 +54,6 @@ def test_kernels_without_an_hlo_op_get_their_kind_from_their_name(kernel, kind):
     assert step_throughput.kind_of_kernel_name(kernel) == kind
 
 
-@pytest.mark.slow  # Four compiles of the tiny step: ~1.5 min on 2 cores.
 @pytest.mark.parametrize("op,container", [
     ("while.496", True), ("while", True), ("conditional.12", True), ("call.3", True),
     ("fusion.7", False), ("while_body_fusion.2", False), ("dot.1", False)])
@@ -60,6 +61,7 @@ def test_loop_and_branch_containers_are_not_counted_besides_their_body(op, conta
     assert bool(step_throughput.CONTAINER_OP.match(op)) == container
 
 
+@pytest.mark.slow  # Four compiles of the tiny step: ~1.5 min on 2 cores.
 def test_tiny_run_prints_its_table_with_the_largest_batch_and_profile(tmp_path):
     result = subprocess.run(
         [sys.executable, os.path.join(ROOT, "benchmarks", "step_throughput.py"),
@@ -68,7 +70,7 @@ def test_tiny_run_prints_its_table_with_the_largest_batch_and_profile(tmp_path):
          "--config.batch_size=8",
          "--config.data.crops_per_clip=4"],
         cwd=ROOT, capture_output=True, text=True, timeout=600,
-        env=dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=1"))
+        env=dict(os.environ, XLA_FLAGS=fake_devices(1)))
     assert result.returncode == 0, result.stderr[-3000:]
     rows = {key.strip(): value.strip()
             for key, value in re.findall(r"^\| (.+?) \| (.+?) \|$", result.stdout, re.M)}
@@ -204,7 +206,7 @@ def test_step_benchmark_with_release_reports_the_ratio_from_one_run(tmp_path):
          "--config", "configs/tiny.py", "--steps", "2", "--warmup", "1", "--no-flops",
          "--release", fake_release(tmp_path / "release"), "--", "--config.batch_size=8"],
         cwd=ROOT, capture_output=True, text=True, timeout=600,
-        env=dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=1"))
+        env=dict(os.environ, XLA_FLAGS=fake_devices(1)))
     assert result.returncode == 0, result.stderr[-3000:]
     rows = {key.strip(): value.strip()
             for key, value in re.findall(r"^\| (.+?) \| (.+?) \|$", result.stdout, re.M)}
@@ -221,7 +223,7 @@ def test_gpu_step_check_script_runs_every_part_and_keeps_their_tables(tmp_path):
          fake_release(tmp_path / "release"), "out", "configs/tiny.py", "8", "float32"],
         cwd=tmp_path, capture_output=True, text=True, timeout=900,
         env=dict(os.environ, RELEASE_COMPILE="0", FLOPS_PER_CROP="1e9",
-                 XLA_FLAGS="--xla_force_host_platform_device_count=1"))
+                 XLA_FLAGS=fake_devices(1)))
     assert result.returncode == 0, (result.stdout + result.stderr)[-3000:]
     tables = {name: (out / f"{name}.txt").read_text() for name in (
         "0_parity", "1_vs_release", "2_profile", "3_xla_attention", "4_batch_16", "5_unrolled",
@@ -238,7 +240,7 @@ def test_gpu_step_check_script_runs_every_part_and_keeps_their_tables(tmp_path):
                     fake_release(tmp_path / "release"), "only", "configs/tiny.py", "8", "float32"],
                    cwd=tmp_path, check=True, capture_output=True, timeout=600,
                    env=dict(os.environ, PARTS="6", FLOPS_PER_CROP="1e9",
-                            XLA_FLAGS="--xla_force_host_platform_device_count=1"))
+                            XLA_FLAGS=fake_devices(1)))
     assert sorted(p.name for p in (tmp_path / "only").iterdir()) == ["6_no_triton_gemm.txt"]
     # Usage without its arguments; a part that fails makes the exit status say so.
     usage = subprocess.run(["bash", os.path.join(ROOT, "benchmarks", "gpu_step_check.sh")],

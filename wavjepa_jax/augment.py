@@ -147,6 +147,29 @@ def shift_views(key: jax.Array, audio: jax.Array, config: ml_collections.ConfigD
     return jnp.where(apply[:, None], shifted.astype(audio.dtype), audio)
 
 
+def training_views(key: jax.Array, audio: jax.Array, config: ml_collections.ConfigDict
+                   ) -> tuple[jax.Array, jax.Array | None]:
+    """The step's two inputs from its crops [batch, samples] and key, as `config` (the whole
+    training config) asks: (audio, context_audio). `audio` feeds the targets and every frame term,
+    after pitch twins and shifted views; `context_audio` is that audio after source mixing and
+    noise, or None when neither is on (the context branch then reads `audio`). Each augmentation
+    draws from its own fold of `key`, so switching one on leaves the others' draws unchanged."""
+    augment = config.augment
+    if augment.get("pitch_twins", False):
+        audio = pitch_twins(jax.random.fold_in(key, 2), audio, config.data.crops_per_clip,
+                            augment)
+    if augment.get("view_shift_prob", 0.0) > 0:
+        audio = shift_views(jax.random.fold_in(key, 4), audio, augment)
+    context_audio = None
+    if augment.get("mix_prob", 0.0) > 0:
+        context_audio = mix_sources(jax.random.fold_in(key, 3), audio,
+                                    config.data.crops_per_clip, augment)
+    if augment.prob > 0:
+        context_audio = context_noise(jax.random.fold_in(key, 1),
+                                      audio if context_audio is None else context_audio, augment)
+    return audio, context_audio
+
+
 def validate_noise_config(config: ml_collections.ConfigDict) -> None:
     """ValueError, naming the field, for noise and mixing settings that cannot work."""
     if not 0.0 <= config.get("mix_prob", 0.0) <= 1.0:

@@ -70,10 +70,6 @@ def make_train_step(model: WavJEPA, config: ml_collections.ConfigDict,
         spectrogram=objective.SpectrogramTerm.from_config(config.loss),
         statistics_weight=config.loss.get("statistics_weight", 0.0),
         partner_weight=config.loss.get("partner_weight", 0.0))
-    noisy_context = config.augment.prob > 0
-    mixed_context = config.augment.get("mix_prob", 0.0) > 0
-    pitch_twins = config.augment.get("pitch_twins", False)
-    shifted_views = config.augment.get("view_shift_prob", 0.0) > 0
 
     def logged_only(step_done, compute):
         """compute() on the steps the loop logs (an SVD is not free on a pod); zeros otherwise."""
@@ -90,19 +86,7 @@ def make_train_step(model: WavJEPA, config: ml_collections.ConfigDict,
         masks = jax.tree.map(
             lambda m: nn.with_logical_constraint(m, ("batch",) + (None,) * (m.ndim - 1)), masks)
 
-        if pitch_twins:
-            audio = augment.pitch_twins(jax.random.fold_in(step_key, 2), audio,
-                                        config.data.crops_per_clip, config.augment)
-        if shifted_views:
-            audio = augment.shift_views(jax.random.fold_in(step_key, 4), audio, config.augment)
-        context_audio = audio
-        if mixed_context:
-            context_audio = augment.mix_sources(jax.random.fold_in(step_key, 3), context_audio,
-                                                config.data.crops_per_clip, config.augment)
-        if noisy_context:
-            context_audio = augment.context_noise(jax.random.fold_in(step_key, 1), context_audio,
-                                                  config.augment)
-        context_audio = context_audio if (mixed_context or noisy_context) else None
+        audio, context_audio = augment.training_views(step_key, audio, config)
 
         def loss_of(params):
             outputs = loss_fn(params, state.target_params, audio, masks,
