@@ -337,11 +337,9 @@ def test_spectrogram_term_regresses_the_clean_log_mel_at_each_context_frame():
     audio = jax.random.normal(jax.random.PRNGKey(2), (2, SAMPLES))
     noisy = audio + jax.random.normal(jax.random.PRNGKey(3), audio.shape)
     kwargs = dict(top_k=2, target_norm="example", context_audio=noisy)
-    loss = jax.jit(lambda p, weight: objective.wavjepa_loss(  # noqa: E731
+    out = jax.jit(lambda p: objective.wavjepa_loss(  # noqa: E731
         model, p, p["encoder"], audio, masks,
-        spectrogram=objective.SpectrogramTerm(weight), **kwargs),
-        static_argnums=1)
-    plain, out = loss(params, 0.0), loss(params, 0.5)
+        spectrogram=objective.SpectrogramTerm(0.5), **kwargs))(params)
     # By hand: log-mels of the CLEAN audio, standardised per band over the batch's frames,
     # against the linear head on the context outputs, at the valid context frames only.
     mels = np.asarray(logmel.frame_aligned_log_mel(
@@ -359,8 +357,9 @@ def test_spectrogram_term_regresses_the_clean_log_mel_at_each_context_frame():
 
     errors = errors_by_hand(out)
     assert float(out.spectrogram_loss) == pytest.approx(np.mean(errors), rel=1e-4)
-    assert float(out.loss) == pytest.approx(float(plain.loss) + 0.5 * np.mean(errors), rel=1e-4)
-    assert float(plain.spectrogram_loss) == 0.0
+    # The term enters the loss at its weight (every other term is off here).
+    assert float(out.loss) == pytest.approx(float(out.prediction_loss) + 0.5 * np.mean(errors),
+                                            rel=1e-4)
     # spectrogram_clean_only: the crops whose context input is noisy drop out of the term.
     clean_only = jax.jit(lambda p, context_audio: objective.wavjepa_loss(  # noqa: E731
         model, p, p["encoder"], audio, masks, top_k=2, target_norm="example",
@@ -627,11 +626,10 @@ def test_statistics_term_regresses_each_crops_log_mel_means_and_stds_from_its_po
     audio = jax.random.normal(jax.random.PRNGKey(2), (3, SAMPLES)) * level
     audio = audio.at[1].set(jnp.cumsum(audio[1]) / 100).at[0, :SAMPLES // 2].set(0.0)
     noisy = audio + jax.random.normal(jax.random.PRNGKey(3), audio.shape)
-    loss = jax.jit(lambda p, weight: objective.wavjepa_loss(  # noqa: E731
+    out = jax.jit(lambda p: objective.wavjepa_loss(  # noqa: E731
         model, p, p["encoder"], audio, masks, top_k=2, target_norm="example",
-        context_audio=noisy, statistics_weight=weight,
-        spectrogram=objective.SpectrogramTerm(floor_db=60.0)), static_argnums=1)
-    plain, out = loss(params, 0.0), loss(params, 0.5)
+        context_audio=noisy, statistics_weight=0.5,
+        spectrogram=objective.SpectrogramTerm(floor_db=60.0)))(params)
     # By hand: the CLEAN crops' floored log-mels over all 200 frames; per crop the mean and std
     # of each band, each statistic standardised over the crops; against the linear head on the
     # mean of the valid context outputs.
@@ -652,8 +650,9 @@ def test_statistics_term_regresses_each_crops_log_mel_means_and_stds_from_its_po
     assert float(out.statistics_loss) == pytest.approx(expected, rel=1e-4)
     # The floor matters here: without it the silent half sets the first crop's statistics.
     assert np.abs(standardised_statistics(mels) - standardised_statistics(floored)).max() > 0.1
-    assert float(out.loss) == pytest.approx(float(plain.loss) + 0.5 * expected, rel=1e-4)
-    assert float(plain.statistics_loss) == 0.0
+    # The term enters the loss at its weight (every other term is off here).
+    assert float(out.loss) == pytest.approx(float(out.prediction_loss) + 0.5 * expected,
+                                            rel=1e-4)
     # It trains the head, the encoder and the front end; never the predictor or the targets.
     grads = jax.jit(jax.grad(lambda p, t: objective.wavjepa_loss(
         model, p, t, audio, masks, top_k=2, target_norm="example", context_audio=noisy,
@@ -687,21 +686,22 @@ def test_partner_term_predicts_through_its_head_from_pooled_context_and_trains_i
     target = jax.tree.map(lambda x: x * 1.1, params["encoder"])
     term = objective.ClipTerm(crops_per_clip=2)
 
-    def loss(p, weight):
+    def loss(p):
         return objective.wavjepa_loss(model, p, target, audio, masks, top_k=2,
-                                      target_norm="example", clip=term, partner_weight=weight)
+                                      target_norm="example", clip=term, partner_weight=0.5)
 
-    plain, out = loss(params, 0.0), loss(params, 0.5)
+    out = jax.jit(loss)(params)
     predicted = model.partner_head.apply({"params": params["partner_head"]},
                                          objective.pooled(out.context_features,
                                                           masks.context_valid))
     expected = objective.partner_loss(predicted, jnp.mean(out.targets, 1), 2)
     assert predicted.shape == (4, out.targets.shape[-1])
     assert float(out.partner_loss) == pytest.approx(float(expected), rel=1e-5)
-    assert float(out.loss) == pytest.approx(float(plain.loss) + 0.5 * float(expected), rel=1e-5)
-    grads = jax.grad(lambda p: loss(p, 0.5).loss)(params)
+    # The term enters the loss at its weight (every other term is off here).
+    assert float(out.loss) == pytest.approx(float(out.prediction_loss) + 0.5 * float(expected),
+                                            rel=1e-5)
+    grads = jax.jit(jax.grad(lambda p: loss(p).loss))(params)
     assert float(jnp.abs(grads["partner_head"]["out"]["kernel"]).sum()) > 0
-    assert float(plain.partner_loss) == 0.0
 
 
 @pytest.mark.parametrize("fields, match", [
