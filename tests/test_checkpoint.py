@@ -260,6 +260,7 @@ def test_resume_on_another_mesh(env8, reference, tmp_path):
         np.testing.assert_allclose(rows[step][0]["loss"], expected[step][0]["loss"], rtol=1e-5)
 
 
+@pytest.mark.slow  # ~25 s: a CLI run; the fast tier resumes and falls back in the CLI already.
 def test_a_checkpoint_resumes_under_another_frontend_lr_scale(reference, tmp_path):
     """The front end's learning-rate multiplier leaves the optimiser state's layout as it is, so
     a run saved at 1 restores at 0.5 (a warned config change), every array as it was saved."""

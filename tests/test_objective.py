@@ -31,6 +31,17 @@ def tiny_model_with(**fields):
                                                                       SAMPLES))
 
 
+def outputs_and_gradients(loss_fn, field: str, *args):
+    """(loss_fn(*args), the gradient of its `field` w.r.t. each of args), in one compile."""
+    def value(*inputs):
+        outputs = loss_fn(*inputs)
+        return getattr(outputs, field), outputs
+
+    (_, outputs), grads = jax.jit(jax.value_and_grad(
+        value, argnums=tuple(range(len(args))), has_aux=True))(*args)
+    return outputs, grads
+
+
 @pytest.fixture(scope="module")
 def loss_and_grads(setup):
     """jit(value_and_grad) w.r.t. (params, target_params), compiled once for the module."""
@@ -337,9 +348,10 @@ def test_spectrogram_term_regresses_the_clean_log_mel_at_each_context_frame():
     audio = jax.random.normal(jax.random.PRNGKey(2), (2, SAMPLES))
     noisy = audio + jax.random.normal(jax.random.PRNGKey(3), audio.shape)
     kwargs = dict(top_k=2, target_norm="example", context_audio=noisy)
-    out = jax.jit(lambda p: objective.wavjepa_loss(  # noqa: E731
-        model, p, p["encoder"], audio, masks,
-        spectrogram=objective.SpectrogramTerm(0.5), **kwargs))(params)
+    out, grads = outputs_and_gradients(
+        lambda p, t: objective.wavjepa_loss(model, p, t, audio, masks,  # noqa: E731
+                                            spectrogram=objective.SpectrogramTerm(0.5), **kwargs),
+        "spectrogram_loss", params, params["encoder"])
     # By hand: log-mels of the CLEAN audio, standardised per band over the batch's frames,
     # against the linear head on the context outputs, at the valid context frames only.
     mels = np.asarray(logmel.frame_aligned_log_mel(
@@ -370,10 +382,6 @@ def test_spectrogram_term_regresses_the_clean_log_mel_at_each_context_frame():
     assert float(first_clean.spectrogram_loss) == pytest.approx(
         np.mean(errors_by_hand(first_clean, rows=(0,))), rel=1e-4)
     # It trains the head, the encoder and the front end; never the target parameters.
-    grads = jax.jit(jax.grad(lambda p, t: objective.wavjepa_loss(
-        model, p, t, audio, masks, spectrogram=objective.SpectrogramTerm(1.0),
-        **kwargs).spectrogram_loss,
-        argnums=(0, 1)))(params, params["encoder"])
     for name in ("spectrogram_head", "encoder", "frontend"):
         assert optax_norm(grads[0][name]) > 0, name
     assert optax_norm(grads[0]["predictor"]) == 0 and optax_norm(grads[1]) == 0
@@ -626,10 +634,11 @@ def test_statistics_term_regresses_each_crops_log_mel_means_and_stds_from_its_po
     audio = jax.random.normal(jax.random.PRNGKey(2), (3, SAMPLES)) * level
     audio = audio.at[1].set(jnp.cumsum(audio[1]) / 100).at[0, :SAMPLES // 2].set(0.0)
     noisy = audio + jax.random.normal(jax.random.PRNGKey(3), audio.shape)
-    out = jax.jit(lambda p: objective.wavjepa_loss(  # noqa: E731
-        model, p, p["encoder"], audio, masks, top_k=2, target_norm="example",
-        context_audio=noisy, statistics_weight=0.5,
-        spectrogram=objective.SpectrogramTerm(floor_db=60.0)))(params)
+    out, grads = outputs_and_gradients(
+        lambda p, t: objective.wavjepa_loss(  # noqa: E731
+            model, p, t, audio, masks, top_k=2, target_norm="example", context_audio=noisy,
+            statistics_weight=0.5, spectrogram=objective.SpectrogramTerm(floor_db=60.0)),
+        "statistics_loss", params, params["encoder"])
     # By hand: the CLEAN crops' floored log-mels over all 200 frames; per crop the mean and std
     # of each band, each statistic standardised over the crops; against the linear head on the
     # mean of the valid context outputs.
@@ -654,9 +663,6 @@ def test_statistics_term_regresses_each_crops_log_mel_means_and_stds_from_its_po
     assert float(out.loss) == pytest.approx(float(out.prediction_loss) + 0.5 * expected,
                                             rel=1e-4)
     # It trains the head, the encoder and the front end; never the predictor or the targets.
-    grads = jax.jit(jax.grad(lambda p, t: objective.wavjepa_loss(
-        model, p, t, audio, masks, top_k=2, target_norm="example", context_audio=noisy,
-        statistics_weight=1.0).statistics_loss, argnums=(0, 1)))(params, params["encoder"])
     for name in ("statistics_head", "encoder", "frontend"):
         assert optax_norm(grads[0][name]) > 0, name
     assert optax_norm(grads[0]["predictor"]) == 0 and optax_norm(grads[1]) == 0
@@ -690,7 +696,7 @@ def test_partner_term_predicts_through_its_head_from_pooled_context_and_trains_i
         return objective.wavjepa_loss(model, p, target, audio, masks, top_k=2,
                                       target_norm="example", clip=term, partner_weight=0.5)
 
-    out = jax.jit(loss)(params)
+    out, (grads,) = outputs_and_gradients(loss, "loss", params)
     predicted = model.partner_head.apply({"params": params["partner_head"]},
                                          objective.pooled(out.context_features,
                                                           masks.context_valid))
@@ -700,7 +706,6 @@ def test_partner_term_predicts_through_its_head_from_pooled_context_and_trains_i
     # The term enters the loss at its weight (every other term is off here).
     assert float(out.loss) == pytest.approx(float(out.prediction_loss) + 0.5 * float(expected),
                                             rel=1e-5)
-    grads = jax.jit(jax.grad(lambda p: loss(p).loss))(params)
     assert float(jnp.abs(grads["partner_head"]["out"]["kernel"]).sum()) > 0
 
 

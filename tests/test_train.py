@@ -207,6 +207,7 @@ def test_frontend_lr_scale_multiplies_only_the_front_ends_updates():
         np.testing.assert_array_equal(slow[branch]["kernel"], plain[branch]["kernel"])
 
 
+@pytest.mark.slow  # ~30 s; test_frontend_lr_scale_multiplies_only_the_front_ends_updates is fast.
 def test_a_zero_frontend_lr_scale_trains_everything_but_the_front_end(batches):
     config = tiny_config()
     config.optim.frontend_lr_scale = 0.0
