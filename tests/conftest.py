@@ -1,6 +1,11 @@
 """Test session set-up: 8 fake CPU devices for the mesh tests (must precede any jax import)."""
 
+import fcntl
 import os
+import subprocess
+import sys
+
+import pytest
 
 # LLVM at -O0: XLA's HLO passes (fusion, layout, sharding) are the same as in a real run, but the
 # machine code is not optimised. The tests run tiny models, where compiling, not running,
@@ -22,3 +27,32 @@ os.environ.setdefault("JAX_PLATFORMS", "cpu")
 os.environ.setdefault("JAX_COMPILATION_CACHE_DIR",
                       os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
                                    ".pytest_cache", "jax_compilation_cache"))
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# The tiny run's training flags; tests that train again with them get the step from the cache.
+TINY_RUN_FLAGS = ["--config", os.path.join(REPO, "configs", "tiny.py"), "--config.batch_size=8",
+                  "--config.data.crops_per_clip=4", "--config.checkpoint.async_save=False"]
+TINY_RUN_STEPS = 2
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory) -> str:
+    """The workdir of a 2-step run of the tiny config through the training CLI, on one CPU device
+    (the session's 8 fake devices make the step's compile several times slower). Made once per
+    test session: the first pytest-xdist worker to ask trains it under a lock in the folder the
+    workers share, the others wait and read it. Read-only: copy it before changing anything."""
+    shared = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        shared = shared.parent
+    workdir, done = shared / "tiny_run", shared / "tiny_run.done"
+    with open(shared / "tiny_run.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not done.exists():
+            subprocess.run(
+                [sys.executable, "-m", "wavjepa_jax.train", *TINY_RUN_FLAGS,
+                 "--workdir", str(workdir), f"--config.total_steps={TINY_RUN_STEPS}",
+                 f"--config.log_every={TINY_RUN_STEPS}"],
+                cwd=REPO, env=dict(os.environ, XLA_FLAGS=fake_devices(1), JAX_PLATFORMS="cpu"),
+                check=True, capture_output=True)
+            done.touch()
+    return str(workdir)

@@ -15,8 +15,7 @@ import pytest
 import soundfile
 
 import wavjepa_jax
-from test_export import trained_run
-from conftest import fake_devices
+from conftest import TINY_RUN_FLAGS, fake_devices
 from wavjepa_jax import (checkpoint, cli, configuration, convert, distributed, export, probe,
                          sharding, train)
 from wavjepa_jax.encoder_api import expected_param_shapes
@@ -24,9 +23,6 @@ from wavjepa_jax.data import sources
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RATE = 16_000
-# The settings of test_export.trained_run, whose checkpoint (step 2) the train cases reuse.
-RUN_FLAGS = ["--config", os.path.join(REPO, "configs", "tiny.py"), "--config.batch_size=8",
-             "--config.data.crops_per_clip=4", "--config.checkpoint.async_save=False"]
 
 
 def snapshot(root) -> dict:
@@ -217,8 +213,8 @@ def test_loud_clip_is_normalised_not_silenced(good_export):
 # --- export CLI: no overwriting, no creating, the steps that exist ----------------------------
 
 @pytest.fixture(scope="module")
-def run_dir():
-    return trained_run()
+def run_dir(tiny_run):
+    return tiny_run
 
 
 @pytest.mark.slow
@@ -506,7 +502,7 @@ def test_every_config_error_is_one_validate_call_before_anything_is_built(
     (["--config.checkpoint.keep=0"], "error: checkpoint.keep=0 must be positive"),
 ])
 def test_train_config_errors_are_one_line_and_create_nothing(args, expected, tmp_path):
-    result = train_cli(*RUN_FLAGS, "--workdir", str(tmp_path / "run"), *args)
+    result = train_cli(*TINY_RUN_FLAGS, "--workdir", str(tmp_path / "run"), *args)
     assert result.returncode == 1
     assert one_error_line(result.stderr).startswith(expected)
     assert len(result.stderr.strip().splitlines()) == 1, result.stderr
@@ -544,7 +540,7 @@ def run_copy(run_dir, tmp_path):
 @pytest.mark.slow
 def test_resume_with_another_model_is_one_line_and_changes_nothing(run_copy):
     before = snapshot(run_copy)
-    result = train_cli(*RUN_FLAGS, "--workdir", str(run_copy), "--config.total_steps=4",
+    result = train_cli(*TINY_RUN_FLAGS, "--workdir", str(run_copy), "--config.total_steps=4",
                        "--config.model.encoder_depth=3")
     assert result.returncode == 1
     line = one_error_line(result.stderr)
@@ -559,7 +555,7 @@ def test_resume_with_another_model_is_one_line_and_changes_nothing(run_copy):
 @pytest.mark.slow
 def test_total_steps_below_the_checkpoint_is_an_error(run_copy):
     before = snapshot(run_copy)
-    result = train_cli(*RUN_FLAGS, "--workdir", str(run_copy), "--config.total_steps=1")
+    result = train_cli(*TINY_RUN_FLAGS, "--workdir", str(run_copy), "--config.total_steps=1")
     assert result.returncode == 1
     assert one_error_line(result.stderr) == (
         f"error: total_steps=1 is below step 2 of the checkpoint in {run_copy}/checkpoints: "
@@ -571,8 +567,8 @@ def test_total_steps_below_the_checkpoint_is_an_error(run_copy):
 def test_fresh_run_over_old_metrics_moves_them_aside(run_copy):
     old_rows = (run_copy / "metrics.jsonl").read_text()
     shutil.rmtree(run_copy / "checkpoints")
-    # trained_run's own settings, so the step compiled for it comes from the compilation cache.
-    result = train_cli(*RUN_FLAGS, "--workdir", str(run_copy), "--config.total_steps=2",
+    # tiny_run's own settings, so the step compiled for it comes from the compilation cache.
+    result = train_cli(*TINY_RUN_FLAGS, "--workdir", str(run_copy), "--config.total_steps=2",
                        "--config.log_every=2")
     assert result.returncode == 0, result.stderr[-3000:]
     assert "earlier run's" in result.stderr and "metrics-before-" in result.stderr

@@ -1,14 +1,8 @@
 """Exporting a training run's encoder (wavjepa_jax.export) and loading it back."""
 
-import atexit
-import functools
 import json
 import logging
 import os
-import shutil
-import subprocess
-import sys
-import tempfile
 
 import flax.linen as nn
 import jax
@@ -17,35 +11,14 @@ import pytest
 import soundfile
 
 import wavjepa_jax
-from conftest import fake_devices
 from wavjepa_jax import checkpoint, configuration, export
 from wavjepa_jax.data import audio as audio_lib
 from wavjepa_jax.model import WavJEPA
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-@functools.cache
-def trained_run(steps=2):
-    """A few steps of the tiny config through the training CLI, on one CPU device (the test
-    session's 8 fake devices make the step's compile several times slower). Cached for the test
-    process, so test_probe reads the same run instead of training again."""
-    workdir = tempfile.mkdtemp(prefix="wavjepa_tiny_run_")
-    atexit.register(shutil.rmtree, workdir, ignore_errors=True)
-    env = dict(os.environ, XLA_FLAGS=fake_devices(1),
-               JAX_PLATFORMS="cpu")
-    subprocess.run(
-        [sys.executable, "-m", "wavjepa_jax.train", "--config", "configs/tiny.py",
-         "--workdir", workdir, f"--config.total_steps={steps}", "--config.batch_size=8",
-         "--config.data.crops_per_clip=4", f"--config.log_every={steps}",
-         "--config.checkpoint.async_save=False"],
-        cwd=REPO, env=env, check=True, capture_output=True)
-    return workdir
-
 
 @pytest.fixture(scope="module")
-def run_dir():
-    return trained_run()
+def run_dir(tiny_run):
+    return tiny_run
 
 
 @pytest.fixture(scope="module")

@@ -10,7 +10,6 @@ import pytest
 import soundfile
 import tensorflow_datasets as tfds
 
-from test_export import trained_run
 from wavjepa_jax import export, probe
 from wavjepa_jax.data import audio as audio_lib
 from wavjepa_jax.logmel import LogMelFeatures, mel_filterbank
@@ -54,9 +53,9 @@ def dataset(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def trained_encoder(tmp_path_factory):
+def trained_encoder(tiny_run, tmp_path_factory):
     out = str(tmp_path_factory.mktemp("encoder"))
-    export.export_run(trained_run(), out)
+    export.export_run(tiny_run, out)
     return out
 
 
