@@ -1,7 +1,9 @@
-"""Test session set-up: 8 fake CPU devices for the mesh tests (must precede any jax import)."""
+"""Test session set-up: 8 fake CPU devices for the mesh tests and fast compiles (set before any
+jax import), one persistent compilation cache, and the session's shared tiny training run."""
 
 import fcntl
 import os
+import shutil
 import subprocess
 import sys
 
@@ -48,11 +50,14 @@ def tiny_run(tmp_path_factory) -> str:
     with open(shared / "tiny_run.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         if not done.exists():
-            subprocess.run(
+            shutil.rmtree(workdir, ignore_errors=True)  # What a failed attempt left.
+            result = subprocess.run(
                 [sys.executable, "-m", "wavjepa_jax.train", *TINY_RUN_FLAGS,
                  "--workdir", str(workdir), f"--config.total_steps={TINY_RUN_STEPS}",
                  f"--config.log_every={TINY_RUN_STEPS}"],
                 cwd=REPO, env=dict(os.environ, XLA_FLAGS=fake_devices(1), JAX_PLATFORMS="cpu"),
-                check=True, capture_output=True)
+                capture_output=True, text=True, timeout=600)
+            if result.returncode != 0:
+                pytest.fail(f"the tiny training run failed:\n{result.stderr[-3000:]}")
             done.touch()
     return str(workdir)
