@@ -26,11 +26,10 @@ os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
 # One persistent XLA compilation cache for the session and the training subprocesses it starts:
 # many tests compile the same tiny step, and compiling dominates their time on a 2-core machine.
-os.environ.setdefault("JAX_COMPILATION_CACHE_DIR",
-                      os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
-                                   ".pytest_cache", "jax_compilation_cache"))
-
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+os.environ.setdefault("JAX_COMPILATION_CACHE_DIR",
+                      os.path.join(REPO, ".pytest_cache", "jax_compilation_cache"))
+
 # The tiny run's training flags; tests that train again with them get the step from the cache.
 TINY_RUN_FLAGS = ["--config", os.path.join(REPO, "configs", "tiny.py"), "--config.batch_size=8",
                   "--config.data.crops_per_clip=4", "--config.checkpoint.async_save=False"]

@@ -24,6 +24,9 @@ Source mixing (`mix_prob`, off by default) overlays, on a share of the context i
 another clip of the batch at a primary-to-interferer ratio drawn in [mix_snr_db_low,
 mix_snr_db_high] dB, as WavLM's utterance mixing: the targets stay the primary crop's, so the
 encoder must describe the dominant source and ignore a real, structured interferer.
+
+`training_views` composes them for the training step: pitch twins and shifted views change the
+crops both branches read, mixing and noise the context branch's copy only.
 """
 
 from __future__ import annotations
