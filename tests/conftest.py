@@ -60,3 +60,14 @@ def tiny_run(tmp_path_factory) -> str:
                 pytest.fail(f"the tiny training run failed:\n{result.stderr[-3000:]}")
             done.touch()
     return str(workdir)
+
+
+# pytest-xdist hands out whole files (--dist loadfile) in collection order, so a long file
+# collected last keeps one worker busy while the other idles: the longest files go first.
+LONGEST_FIRST = ("test_objective.py", "test_train.py", "test_checkpoint.py", "test_model.py",
+                 "test_errors.py", "test_masking.py", "test_embed.py", "test_probe.py")
+
+
+def pytest_collection_modifyitems(items):
+    rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(LONGEST_FIRST)))  # Stable.
