@@ -92,6 +92,8 @@ def model_config(size: str = "base") -> ml_collections.ConfigDict:
                                     # many log-mel bands (onsets, attacks; 0: off).
         chroma_bins=0,              # > 0: that head also predicts each frame's pitch-class
                                     # profile in this many classes (12: semitones; 0: off).
+        chroma_fold=True,           # chroma_bins > 0: True, pitch classes (octaves folded);
+                                    # False, every step of 50 Hz-5 kHz (12 bins: 80 semitones).
         spectrogram_bands=0,        # > 0: loss.spectrogram_weight's linear head predicts this
                                     # many log-mel bands per frame (trained, never exported).
         partner_predictor=0,        # > 0: loss.partner_weight's 2-layer MLP (this hidden width;
@@ -371,6 +373,9 @@ def validate_log_mel_terms(config: ml_collections.ConfigDict, total_stride: int)
             raise ValueError(f"model.{extra}={value} must be >= 0, and > 0 only with the "
                              "spectrogram term (loss.spectrogram_weight), whose head predicts "
                              "them")
+    if not config.model.get("chroma_fold", True) and not config.model.get("chroma_bins", 0):
+        raise ValueError("model.chroma_fold=False unfolds the pitch profile of model.chroma_bins, "
+                         "which is 0 (off): set model.chroma_bins (e.g. 12) too")
     if config.loss.get("spectrogram_chroma_weight", 1.0) < 0:
         raise ValueError(f"loss.spectrogram_chroma_weight="
                          f"{config.loss.spectrogram_chroma_weight} must be >= 0")

@@ -147,6 +147,28 @@ def frame_aligned_power(audio, num_frames: int, receptive_field: int, window: in
     return jnp.square(spectrum.real) + jnp.square(spectrum.imag)
 
 
+PITCH_RANGE_HZ = (50.0, 5000.0)   # What a pitch profile (objective.chroma_targets) reads.
+
+
+def pitch_steps(hz, steps_per_octave: int = 12):
+    """Frequency in pitch steps of 1 / steps_per_octave octave, zero at MIDI note 0 (8.18 Hz):
+    with 12 steps, the MIDI note number (A4 = 440 Hz = 69)."""
+    return steps_per_octave * (np.log2(np.asarray(hz, np.float64) / 440.0) + 69.0 / 12.0)
+
+
+def semitone_centres(steps_per_octave: int = 12) -> np.ndarray:
+    """The pitch steps (pitch_steps) whose centre lies in PITCH_RANGE_HZ, ascending: with 12,
+    MIDI notes 32 (G#1, 51.9 Hz) to 111 (D#8, 4.98 kHz), 80 semitones."""
+    low, high = pitch_steps(PITCH_RANGE_HZ, steps_per_octave)
+    return np.arange(int(np.ceil(low)), int(np.floor(high)) + 1)
+
+
+def pitch_profile_size(steps_per_octave: int, fold: bool = True) -> int:
+    """How many values a frame's pitch profile has: one per pitch class when folded over
+    octaves, one per step of PITCH_RANGE_HZ when not."""
+    return steps_per_octave if fold else len(semitone_centres(steps_per_octave))
+
+
 def periodic_hann(window: int) -> np.ndarray:
     n = np.arange(window)
     return (0.5 - 0.5 * np.cos(2 * np.pi * n / window)).astype(np.float32)

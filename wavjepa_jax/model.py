@@ -18,6 +18,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from wavjepa_jax import logmel
 from wavjepa_jax.frontend import FrontEnd
 from wavjepa_jax.layers import dense, gelu, layer_norm, partitioned
 from wavjepa_jax.positions import token_code
@@ -144,17 +145,26 @@ class SpectrogramHead(nn.Module):
     """A linear map from each context-encoder output frame to the log-mel bands of the clean audio
     at that frame (loss.spectrogram_weight), and with onset_bands > 0 also to the rise of each of
     that many log-mel bands since the previous frame (objective.onset_targets), and with
-    chroma_bins > 0 to the frame's pitch-class profile (objective.chroma_targets). Linear, so
-    what it asks the encoder to keep is linearly readable by a downstream probe. Training-only,
-    like ClipHead."""
+    chroma_bins > 0 to the frame's pitch profile (objective.chroma_targets): its pitch classes
+    (chroma_bins per octave, folded over octaves), or with chroma_fold=False every pitch step of
+    logmel.PITCH_RANGE_HZ (80 semitones for 12 bins). Linear, so what it asks the encoder to
+    keep is linearly readable by a downstream probe. Training-only, like ClipHead."""
 
     bands: int
     onset_bands: int = 0
     chroma_bins: int = 0
+    chroma_fold: bool = True
+
+    @property
+    def chroma_outputs(self) -> int:
+        """How many of the outputs (the last ones) are the pitch profile."""
+        if not self.chroma_bins:
+            return 0
+        return logmel.pitch_profile_size(self.chroma_bins, self.chroma_fold)
 
     @nn.compact
     def __call__(self, frames):
-        return dense(self.bands + self.onset_bands + self.chroma_bins, ("embed", "head_out"),
+        return dense(self.bands + self.onset_bands + self.chroma_outputs, ("embed", "head_out"),
                      "out")(frames)
 
 
@@ -214,7 +224,8 @@ class WavJEPA:
                           if model.get("partner_predictor", 0) else None),
             spectrogram_head=(SpectrogramHead(model.spectrogram_bands,
                                               model.get("onset_bands", 0),
-                                              model.get("chroma_bins", 0))
+                                              model.get("chroma_bins", 0),
+                                              model.get("chroma_fold", True))
                               if model.get("spectrogram_bands", 0) else None),
             statistics_head=(StatisticsHead(model.statistics_bands)
                              if model.get("statistics_bands", 0) else None),

@@ -275,8 +275,8 @@ class SpectrogramTerm(NamedTuple):
                 back to standardised log-mels (cepstral_error_as_mels), so the loss weighs the
                 envelope as the mel target does and the ripple as the cepstral one does.
     clean_only: only on the crops whose context input is the clean audio.
-    chroma_weight: the weight of the pitch-class error (model.chroma_bins > 0), next to the
-                spectral one.
+    chroma_weight: the weight of the pitch-profile error (model.chroma_bins > 0; pitch classes,
+                or semitones with model.chroma_fold=False), next to the spectral one.
     coefficients: target "cepstrum" only, > 0: score only the first `coefficients` cepstral
                 coefficients (the spectral envelope, as MFCCs), leaving the fine structure (the
                 harmonic ripple of a pitch) to the pitch-class outputs; 0: all of them.
@@ -340,18 +340,30 @@ def onset_targets(log_mels: jax.Array) -> jax.Array:
 
 def chroma_targets(audio: jax.Array, num_frames: int, receptive_field: int, floor_db: float,
                    bins: int = 12, window: int = 2048, hop: int = 160,
-                   sample_rate: int = 16_000) -> jax.Array:
-    """Each encoder frame's pitch-class profile: the power of a 128 ms Hann STFT frame centred
-    on it, 50 Hz-5 kHz, folded onto `bins` pitch classes (Gaussian, half a class wide), floored
-    floor_db below the crop's loudest, as a distribution over the classes, log, standardised
-    over the batch: [batch, num_frames, bins] under stop_gradient."""
+                   sample_rate: int = 16_000, fold: bool = True) -> jax.Array:
+    """Each encoder frame's pitch profile: the power of a 128 ms Hann STFT frame centred on it,
+    within logmel.PITCH_RANGE_HZ (50 Hz-5 kHz), gathered by Gaussian weights half a step wide
+    onto `bins` pitch classes (fold=True: every octave onto the same classes) or onto each of
+    the range's steps of 1 / bins octave (fold=False: logmel.semitone_centres, 80 for 12 bins,
+    so pitch height and the pattern of the harmonics stay; each FFT bin's Gaussian at least as
+    wide as its distance to the next, so that low steps the FFT cannot resolve share its
+    power rather than fall between its bins), floored floor_db below the crop's
+    loudest, as a distribution over the bins, log, standardised over the batch:
+    [batch, num_frames, logmel.pitch_profile_size(bins, fold)] under stop_gradient."""
     power = logmel.frame_aligned_power(audio, num_frames, receptive_field, window, hop, window)
     freqs = jnp.arange(window // 2 + 1) * sample_rate / window
-    classes = bins * jnp.log2(jnp.maximum(freqs, 1.0) / 440.0) + 69.0 * bins / 12
-    distance = jnp.mod(classes[:, None] - jnp.arange(bins)[None], bins)
-    distance = jnp.minimum(distance, bins - distance)
-    in_range = ((freqs >= 50.0) & (freqs <= 5000.0))[:, None]
-    weights = jnp.where(in_range, jnp.exp(-0.5 * jnp.square(distance / 0.5)), 0.0)
+    steps = bins * jnp.log2(jnp.maximum(freqs, 1.0) / 440.0) + 69.0 * bins / 12  # pitch_steps
+    if fold:
+        distance = jnp.mod(steps[:, None] - jnp.arange(bins)[None], bins)
+        distance = jnp.minimum(distance, bins - distance)
+        width = 0.5
+    else:  # Below ~270 Hz the FFT's bins lie more than half a step apart: widen to their spacing.
+        distance = jnp.abs(steps[:, None] - jnp.asarray(logmel.semitone_centres(bins))[None])
+        spacing = bins * jnp.log2(1.0 + (sample_rate / window) / jnp.maximum(freqs, 1.0))
+        width = jnp.maximum(0.5, spacing)[:, None]
+    low, high = logmel.PITCH_RANGE_HZ
+    in_range = ((freqs >= low) & (freqs <= high))[:, None]
+    weights = jnp.where(in_range, jnp.exp(-0.5 * jnp.square(distance / width)), 0.0)
     chroma = power @ weights
     peak = jnp.max(chroma, axis=(1, 2), keepdims=True)
     chroma = chroma + peak * 10.0 ** (-floor_db / 10.0) + 1e-12
@@ -537,7 +549,7 @@ def context_spectrogram_loss(model: WavJEPA, params, audio, context_audio, conte
     if head.chroma_bins:
         # Unfloored, the profile of a digitally silent frame would be rounding noise.
         chroma = chroma_targets(audio, num_frames, field, term.floor_db or 60.0,
-                                head.chroma_bins)
+                                head.chroma_bins, fold=head.chroma_fold)
         targets = jnp.concatenate([targets, chroma], axis=-1)
     targets = gather_frames(targets, masks.context_idx)
     predicted = head.apply({"params": params["spectrogram_head"]}, context)
