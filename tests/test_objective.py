@@ -4,7 +4,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from wavjepa_jax import configuration, masking, objective
+from wavjepa_jax import configuration, logmel, masking, objective
 from wavjepa_jax.model import WavJEPA
 
 SAMPLES = 32_160
@@ -547,12 +547,47 @@ def test_chroma_targets_peak_at_the_tones_pitch_class(f0, pitch_class, monkeypat
     assert np.argmax(octave[0, 100]) == pitch_class
 
 
-def chroma_head_by_hand(bands=16):
-    """A spectrogram head of `bands` cepstral and 12 pitch-class outputs on a batch, its loss
-    for a SpectrogramTerm's settings, and what the loss must be, by hand: (loss(**term),
-    predicted, cepstral targets, pitch-class targets, mse over the valid context frames)."""
-    model, params, context, masks, audio = spectrogram_head_and_batch(spectrogram_bands=bands,
-                                                                      chroma_bins=12)
+@pytest.mark.parametrize("f0", [55.0, 98.0, 130.81, 440.0, 1000.0])
+def test_unfolded_pitch_profile_peaks_at_the_tones_semitone_and_keeps_its_octave(f0, monkeypatch):
+    monkeypatch.setattr(objective, "standardise_bands", lambda x: x)
+    centres = logmel.semitone_centres(12)
+
+    def loudest_note(freq):
+        profile = np.asarray(objective.chroma_targets(jnp.asarray(harmonic_tone(freq))[None],
+                                                      200, 400, 60.0, fold=False))
+        assert profile.shape == (1, 200, 80)
+        return centres[np.argmax(profile[0, 20:180], -1)]
+
+    note = round(float(logmel.pitch_steps(f0)))
+    assert np.all(loudest_note(f0) == note)
+    # Unlike the pitch classes, an octave up moves the profile by 12 semitones.
+    assert np.all(loudest_note(2 * f0) == note + 12)
+
+
+def test_semitone_centres_span_the_pitch_range():
+    assert logmel.pitch_steps(440.0) == pytest.approx(69.0)
+    centres = logmel.semitone_centres(12)
+    assert (centres[0], centres[-1], len(centres)) == (32, 111, 80)
+    low, high = logmel.PITCH_RANGE_HZ
+    assert logmel.pitch_steps(low) <= centres[0] and logmel.pitch_steps(high) >= centres[-1]
+    assert logmel.pitch_profile_size(12) == 12 and logmel.pitch_profile_size(12, False) == 80
+    assert logmel.pitch_profile_size(24, False) == 160
+
+
+def test_an_unfolded_profile_without_its_bins_is_refused():
+    config = configuration.default_config()
+    config.model.chroma_fold = False
+    with pytest.raises(ValueError, match="model.chroma_fold=False unfolds"):
+        configuration.validate(config)
+
+
+def chroma_head_by_hand(bands=16, fold=True):
+    """A spectrogram head of `bands` cepstral and 12 pitch-class (fold=False: 80 semitone)
+    outputs on a batch, its loss for a SpectrogramTerm's settings, and what the loss must be, by
+    hand: (loss(**term), predicted, cepstral targets, pitch targets, mse over the valid context
+    frames)."""
+    model, params, context, masks, audio = spectrogram_head_and_batch(
+        spectrogram_bands=bands, chroma_bins=12, chroma_fold=fold)
 
     def loss(**term):
         term = objective.SpectrogramTerm(1.0, 60.0, "cepstrum", **term)
@@ -563,15 +598,16 @@ def chroma_head_by_hand(bands=16):
     at_context = lambda x: np.asarray(objective.gather_frames(x, masks.context_idx))  # noqa: E731
     cepstrum = at_context(objective.targets_from_log_mels(
         objective.floored_log_mels(audio, 200, 240, bands, 60.0), "cepstrum"))
-    chroma = at_context(objective.chroma_targets(audio, 200, 240, 60.0))
+    chroma = at_context(objective.chroma_targets(audio, 200, 240, 60.0, fold=fold))
     valid = np.asarray(masks.context_valid)
     mse = lambda p, t: np.mean(np.mean((p - t) ** 2, -1)[valid])  # noqa: E731
     return loss, predicted, cepstrum, chroma, mse
 
 
-def test_chroma_bins_extend_the_head_and_are_weighted_on_their_own():
-    loss, predicted, cepstrum, chroma, mse = chroma_head_by_hand(bands=16)
-    assert predicted.shape[-1] == 28
+@pytest.mark.parametrize("fold, outputs", [(True, 12), (False, 80)])
+def test_chroma_bins_extend_the_head_and_are_weighted_on_their_own(fold, outputs):
+    loss, predicted, cepstrum, chroma, mse = chroma_head_by_hand(bands=16, fold=fold)
+    assert predicted.shape[-1] == 16 + outputs and chroma.shape[-1] == outputs
     # The cepstral error over its 16 outputs plus w x the chroma error over its 12.
     assert loss(chroma_weight=1.0) == pytest.approx(mse(predicted[..., :16], cepstrum)
                                                     + mse(predicted[..., 16:], chroma), rel=1e-4)
